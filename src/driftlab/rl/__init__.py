@@ -1,0 +1,1 @@
+"""Reinforcement learning, from the Bellman equation to language models."""

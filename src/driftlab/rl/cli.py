@@ -1,0 +1,18 @@
+"""``driftlab rl ...``: reinforcement-learning subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
+    from driftlab.rl.tabular import cli as tabular_cli
+
+    rl = families.add_parser(
+        "rl",
+        help="reinforcement learning",
+        description="Reinforcement learning: tabular methods on the grid world.",
+        formatter_class=formatter,
+    )
+    verbs = rl.add_subparsers(dest="verb", required=True, metavar="VERB")
+    tabular_cli.add_parser(verbs, formatter)
