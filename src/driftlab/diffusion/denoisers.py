@@ -1,0 +1,248 @@
+"""From networks to denoisers: preconditioning and prediction types (EDM sec. 5, Table 1).
+
+Every model here is used through a denoiser ``D(x_hat; sigma) -> x0_hat`` on the unscaled
+input ``x_hat = x / s(t) = x0 + sigma n``. A network ``F`` becomes one through
+EDM eq. 7,
+
+    D(x_hat; sigma) = c_skip(sigma) x_hat + c_out(sigma) F(c_in(sigma) x_hat; c_noise(sigma)),
+
+and training it is EDM eq. 8: regress ``F`` on ``(x0 - c_skip x_hat) / c_out`` with weight
+``lambda(sigma) c_out(sigma)^2``. Each prediction type (x0, eps, Salimans & Ho's v, the Flow
+Matching velocity ``eps - x0``, the score) is one choice of ``(c_skip, c_out)``; each
+formulation fixes ``c_in = s(t)`` (the network sees the formulation's own ``x_t``) and
+``c_noise`` (its own time). So a network trained under any formulation and prediction type
+is a denoiser that any sampler and formulation can use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from driftlab.core.config import check_choice, check_positive
+from driftlab.diffusion.formulations import Formulation, _as_tensor, _expand_like, get_formulation
+
+Coef = Callable[[torch.Tensor], torch.Tensor]
+
+PREDICTIONS = ("x0", "eps", "v", "velocity", "score")
+
+
+@dataclass(frozen=True)
+class Preconditioning:
+    """The four functions of EDM eq. 7, each mapping sigma ``[batch]`` to ``[batch]``."""
+
+    c_skip: Coef
+    c_out: Coef
+    c_in: Coef
+    c_noise: Coef
+    name: str = ""
+
+
+def _ones(sigma: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(sigma)
+
+
+def prediction_coefficients(
+    prediction: str, sigma: torch.Tensor, scale: torch.Tensor | float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c_skip, c_out)`` with ``D = c_skip x_hat + c_out * output`` for a prediction type.
+
+    - ``x0``: ``D = output``.
+    - ``eps``: ``x_hat = x0 + sigma eps`` gives ``D = x_hat - sigma output``.
+    - ``velocity`` (Flow Matching, ``eps - x0``): ``D = (x_hat - sigma output) / (1 + sigma)``.
+    - ``v`` (Salimans & Ho 2022, ``alpha eps - sigma_t x0`` with the variance-preserving
+      ``alpha = 1/sqrt(1+sigma^2)``, ``sigma_t = sigma alpha``):
+      ``D = x_hat / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) output``.
+    - ``score`` of the formulation's ``x_t = s x_hat``: ``D = x_hat + sigma^2 s output``.
+    """
+    check_choice("prediction", prediction, PREDICTIONS)
+    sigma = _as_tensor(sigma)
+    if prediction == "x0":
+        return torch.zeros_like(sigma), torch.ones_like(sigma)
+    if prediction == "eps":
+        return torch.ones_like(sigma), -sigma
+    if prediction == "velocity":
+        return 1 / (1 + sigma), -sigma / (1 + sigma)
+    if prediction == "v":
+        return 1 / (1 + sigma**2), -sigma / torch.sqrt(1 + sigma**2)
+    return torch.ones_like(sigma), sigma**2 * _as_tensor(scale)
+
+
+def to_denoised(
+    prediction: str,
+    output: torch.Tensor,
+    x_hat: torch.Tensor,
+    sigma: torch.Tensor | float,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Convert a model output of type ``prediction`` to the denoised ``x0_hat``."""
+    c_skip, c_out = prediction_coefficients(prediction, _as_tensor(sigma), scale)
+    return _expand_like(c_skip, x_hat) * x_hat + _expand_like(c_out, x_hat) * output
+
+
+def from_denoised(
+    prediction: str,
+    denoised: torch.Tensor,
+    x_hat: torch.Tensor,
+    sigma: torch.Tensor | float,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Inverse of :func:`to_denoised`: the output of type ``prediction`` giving ``denoised``."""
+    c_skip, c_out = prediction_coefficients(prediction, _as_tensor(sigma), scale)
+    return (denoised - _expand_like(c_skip, x_hat) * x_hat) / _expand_like(c_out, x_hat)
+
+
+def edm_preconditioning(sigma_data: float = 0.5) -> Preconditioning:
+    """EDM Table 1: ``c_skip = sd^2/(s^2+sd^2)``, ``c_out = s sd / sqrt(s^2+sd^2)``,
+    ``c_in = 1/sqrt(s^2+sd^2)``, ``c_noise = ln(s)/4``."""
+    sd = check_positive("sigma_data", sigma_data)
+    return Preconditioning(
+        c_skip=lambda s: sd**2 / (s**2 + sd**2),
+        c_out=lambda s: s * sd / torch.sqrt(s**2 + sd**2),
+        c_in=lambda s: 1 / torch.sqrt(s**2 + sd**2),
+        c_noise=lambda s: 0.25 * torch.log(s),
+        name="edm",
+    )
+
+
+def vp_preconditioning(formulation: Formulation | None = None, M: int = 1000) -> Preconditioning:
+    """EDM Table 1, VP: ``c_skip = 1``, ``c_out = -sigma``, ``c_in = 1/sqrt(sigma^2+1)``,
+    ``c_noise = (M - 1) t(sigma)`` (an eps-prediction network on DDPM's time index)."""
+    vp = formulation if formulation is not None else get_formulation("vp")
+    return Preconditioning(
+        c_skip=_ones,
+        c_out=lambda s: -s,
+        c_in=lambda s: 1 / torch.sqrt(s**2 + 1),
+        c_noise=lambda s: (M - 1) * vp.sigma_inv(s),
+        name="vp",
+    )
+
+
+def ve_preconditioning() -> Preconditioning:
+    """EDM Table 1, VE: ``c_skip = 1``, ``c_out = sigma``, ``c_in = 1``,
+    ``c_noise = ln(sigma / 2)``."""
+    return Preconditioning(
+        c_skip=_ones,
+        c_out=lambda s: s,
+        c_in=_ones,
+        c_noise=lambda s: torch.log(0.5 * s),
+        name="ve",
+    )
+
+
+def fm_preconditioning() -> Preconditioning:
+    """Flow Matching: the network predicts the velocity ``eps - x0`` from ``x_t = x_hat/(1+sigma)``
+    at time ``t = sigma/(1+sigma)``, so ``D = x_t - t v``."""
+    return Preconditioning(
+        c_skip=lambda s: 1 / (1 + s),
+        c_out=lambda s: -s / (1 + s),
+        c_in=lambda s: 1 / (1 + s),
+        c_noise=lambda s: s / (1 + s),
+        name="fm",
+    )
+
+
+def prediction_preconditioning(
+    formulation: Formulation | str, prediction: str, time_scale: float = 1.0
+) -> Preconditioning:
+    """A network that sees the formulation's ``x_t = s(t) x_hat`` and ``time_scale * t`` and
+    predicts ``prediction`` (``x0 | eps | v | velocity | score``)."""
+    formulation = get_formulation(formulation)
+    check_choice("prediction", prediction, PREDICTIONS)
+
+    def c_in(sigma: torch.Tensor) -> torch.Tensor:
+        return formulation.scale(formulation.sigma_inv(sigma)).to(sigma.dtype)
+
+    return Preconditioning(
+        c_skip=lambda s: prediction_coefficients(prediction, s, c_in(s))[0],
+        c_out=lambda s: prediction_coefficients(prediction, s, c_in(s))[1],
+        c_in=c_in,
+        c_noise=lambda s: (time_scale * formulation.sigma_inv(s)).to(s.dtype),
+        name=f"{formulation.name}-{prediction}",
+    )
+
+
+PRECONDITIONINGS: dict[str, Callable[[], Preconditioning]] = {
+    "edm": edm_preconditioning,
+    "vp": vp_preconditioning,
+    "ve": ve_preconditioning,
+    "fm": fm_preconditioning,
+}
+
+
+def get_preconditioning(name: str, **options: float) -> Preconditioning:
+    """EDM Table 1's preconditioning by name: ``"edm" | "vp" | "ve" | "fm"``."""
+    check_choice("preconditioning", name, PRECONDITIONINGS)
+    return PRECONDITIONINGS[name](**options)
+
+
+class Denoiser(nn.Module):
+    """A network ``net(x_in, c_noise, **cond)`` wrapped into ``D(x_hat, sigma, **cond)``.
+
+    The network runs in its own dtype; the denoiser accepts and returns the caller's dtype
+    (samplers keep their state in float64, as NVlabs/edm does).
+    """
+
+    def __init__(self, net: nn.Module, preconditioning: Preconditioning | str = "edm") -> None:
+        super().__init__()
+        self.net = net
+        if isinstance(preconditioning, str):
+            preconditioning = get_preconditioning(preconditioning)
+        self.preconditioning = preconditioning
+
+    def coefficients(
+        self, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.preconditioning
+        return p.c_skip(sigma), p.c_out(sigma), p.c_in(sigma), p.c_noise(sigma)
+
+    def _net_dtype(self) -> torch.dtype:
+        for param in self.net.parameters():
+            return param.dtype
+        return torch.float32
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        dtype = self._net_dtype()
+        raw = self.net((_expand_like(c_in, x) * x).to(dtype), c_noise.to(dtype), **cond)
+        return _expand_like(c_skip, x) * x + _expand_like(c_out, x) * raw.to(x.dtype)
+
+    def training_target(
+        self, x0: torch.Tensor, x_hat: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """EDM eq. 8: the network's regression target ``(x0 - c_skip x_hat) / c_out`` and the
+        factor ``c_out^2`` that turns a denoiser loss weight into the network's."""
+        c_skip, c_out, _, _ = self.coefficients(sigma)
+        target = (x0 - _expand_like(c_skip, x0) * x_hat) / _expand_like(c_out, x0)
+        return target, c_out**2
+
+
+def score_to_denoiser(score_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrap a score function ``score(x_hat, sigma)`` into a denoiser (Tweedie's formula)."""
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        return to_denoised("score", score_fn(x, sigma, **cond), x, sigma)
+
+    return denoiser
+
+
+__all__ = [
+    "PREDICTIONS",
+    "Denoiser",
+    "Preconditioning",
+    "edm_preconditioning",
+    "fm_preconditioning",
+    "from_denoised",
+    "get_preconditioning",
+    "prediction_coefficients",
+    "prediction_preconditioning",
+    "score_to_denoiser",
+    "to_denoised",
+    "ve_preconditioning",
+    "vp_preconditioning",
+]

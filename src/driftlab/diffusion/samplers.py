@@ -1,0 +1,501 @@
+"""Samplers on a denoiser: probability-flow ODE, reverse SDE and Langevin dynamics.
+
+Every sampler has one signature and works on any denoiser ``D(x_hat, sigma)`` and any
+formulation, so a model of one formulation can be sampled in another's coordinates.
+Samplers are pure functions over a precomputed time grid (no stateful schedulers): the
+grid's coefficients are Python floats computed once, so a step costs a few tensor ops
+beside the denoiser call. The state is float64 by default, as in NVlabs/edm.
+
+ODE samplers (``euler``, ``heun``, ``dpmpp-2m``) and ``edm-stochastic`` integrate in the
+formulation's own coordinates ``x = s(t) x_hat``; ``ddim``, ``ddpm``, ``pc`` and
+``annealed-langevin`` are written on ``x_hat`` and sigma alone (they are invariant to ``s``).
+The ODE is EDM eq. 4 in the form of EDM Algorithm 1:
+
+    dx/dt = (sigma'/sigma + s'/s) x - (sigma' s / sigma) D(x / s; sigma).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from driftlab.core.config import (
+    ConfigError,
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
+from driftlab.diffusion.formulations import Formulation, get_formulation
+
+DenoiserFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Grid:
+    """A time grid ``t_0 > ... > t_n = 0`` with every coefficient as Python floats."""
+
+    t: list[float]
+    sigma: list[float]
+    s: list[float]
+    ds: list[float]  # s'(t)
+    dsigma: list[float]  # sigma'(t)
+
+    @property
+    def n(self) -> int:
+        return len(self.t) - 1
+
+    def ode_coefficients(self, i: int) -> tuple[float, float]:
+        """``(alpha, beta)`` with ``dx/dt = alpha x + beta D`` at grid point ``i`` (sigma > 0)."""
+        sig, s = self.sigma[i], self.s[i]
+        return self.dsigma[i] / sig + self.ds[i] / s, -self.dsigma[i] * s / sig
+
+
+def make_grid(formulation: Formulation, steps: int, sigmas: Any = None) -> Grid:
+    """The formulation's own discretisation, or the given decreasing ``sigmas`` mapped to its
+    times through ``sigma_inv`` (a final 0 is appended when missing)."""
+    if sigmas is None:
+        t = formulation.timesteps(steps)
+    else:
+        sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+        if sig.numel() < 1 or (sig < 0).any():
+            raise ConfigError("sigmas must be a non-empty sequence of values >= 0")
+        if sig[-1] != 0:
+            sig = torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+        if sig.numel() < 2 or not (sig[1:] < sig[:-1]).all():
+            raise ConfigError("sigmas must be strictly decreasing")
+        t = formulation.sigma_inv(sig)
+        t[-1] = 0.0
+    sigma = formulation.sigma(t)
+    sigma[-1] = 0.0
+    inner = t[:-1]
+    # Derivatives are never needed at t = 0 (sigma = 0 ends every sampler); store 0 there.
+    ds = torch.cat([formulation.scale_deriv(inner), torch.zeros(1, dtype=torch.float64)])
+    dsigma = torch.cat([formulation.sigma_deriv(inner), torch.zeros(1, dtype=torch.float64)])
+    return Grid(
+        t=t.tolist(),
+        sigma=sigma.tolist(),
+        s=formulation.scale(t).tolist(),
+        ds=ds.tolist(),
+        dsigma=dsigma.tolist(),
+    )
+
+
+class _Run:
+    """What one sampler call shares: the denoiser, the noise generator, the trajectory."""
+
+    def __init__(
+        self,
+        denoiser: DenoiserFn,
+        grid: Grid,
+        batch: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | None,
+        record: bool,
+        cond: dict[str, Any],
+    ) -> None:
+        self.denoiser = denoiser
+        self.grid = grid
+        self.batch = batch
+        self.dtype = dtype
+        self.device = device
+        self.generator = generator
+        self.cond = cond
+        self.trajectory: list[torch.Tensor] | None = [] if record else None
+        self._checked = False
+        self.evaluations = 0
+
+    def D(self, x_hat: torch.Tensor, sigma: float) -> torch.Tensor:
+        sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
+        out = self.denoiser(x_hat, sig, **self.cond)
+        self.evaluations += 1
+        if not self._checked:
+            if not isinstance(out, torch.Tensor) or out.shape != x_hat.shape:
+                shape = getattr(out, "shape", type(out).__name__)
+                raise ConfigError(
+                    f"denoiser returned {shape} for input of shape {tuple(x_hat.shape)}; "
+                    "it must return a tensor of the input's shape"
+                )
+            self._checked = True
+        return out
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+    def record(self, x: torch.Tensor) -> None:
+        """Record the state in the formulation's coordinates ``x = s(t) x_hat``."""
+        if self.trajectory is not None:
+            self.trajectory.append(x.clone())
+
+
+# ----- ODE samplers in the formulation's coordinates -----------------------------------------
+
+
+def _euler(run: _Run, x: torch.Tensor) -> torch.Tensor:
+    """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction)."""
+    g = run.grid
+    for i in range(g.n):
+        alpha, beta = g.ode_coefficients(i)
+        h = g.t[i + 1] - g.t[i]
+        D = run.D(x if g.s[i] == 1.0 else x * (1.0 / g.s[i]), g.sigma[i])
+        # x + h (alpha x + beta D), folded into two ops.
+        x = torch.add(x * (1.0 + h * alpha), D, alpha=h * beta)
+        run.record(x)
+    return x
+
+
+def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> torch.Tensor:
+    """Heun's 2nd-order method, EDM Algorithm 1 (Algorithm 2 when ``churn`` is given), in
+    general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler."""
+    g = run.grid
+    formulation = churn.pop("formulation") if churn else None
+    for i in range(g.n):
+        t_cur, t_next = g.t[i], g.t[i + 1]
+        sig_cur, s_cur = g.sigma[i], g.s[i]
+        alpha, beta = g.ode_coefficients(i)
+        if churn:
+            # EDM Algorithm 2, lines 4-6: raise the noise level to sigma_hat = (1 + gamma) sigma.
+            gamma = 0.0
+            if churn["S_min"] <= sig_cur <= churn["S_max"]:
+                gamma = min(churn["S_churn"] / g.n, math.sqrt(2.0) - 1.0)
+            if gamma > 0:
+                sig_hat = sig_cur * (1 + gamma)
+                t_hat = float(formulation.sigma_inv(sig_hat))
+                s_hat = float(formulation.scale(t_hat))
+                eps = run.randn_like(x)
+                std = math.sqrt(sig_hat**2 - sig_cur**2) * s_hat * churn["S_noise"]
+                x = torch.add(x * (s_hat / s_cur), eps, alpha=std)
+                sig_cur, s_cur, t_cur = sig_hat, s_hat, t_hat
+                ds = float(formulation.scale_deriv(t_hat))
+                dsig = float(formulation.sigma_deriv(t_hat))
+                alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
+        h = t_next - t_cur
+        D = run.D(x if s_cur == 1.0 else x * (1.0 / s_cur), sig_cur)
+        d = torch.add(x * alpha, D, alpha=beta)
+        x_next = torch.add(x, d, alpha=h)
+        if g.sigma[i + 1] != 0:
+            alpha2, beta2 = g.ode_coefficients(i + 1)
+            s_next = g.s[i + 1]
+            D2 = run.D(x_next if s_next == 1.0 else x_next * (1.0 / s_next), g.sigma[i + 1])
+            d2 = torch.add(x_next * alpha2, D2, alpha=beta2)
+            x_next = torch.add(x, d + d2, alpha=0.5 * h)
+        x = x_next
+        run.record(x)
+    return x
+
+
+def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in the data-prediction form on
+    ``lambda = -log sigma``; the step is scale invariant, so it runs on ``x_hat``."""
+    g = run.grid
+    x_hat = x / g.s[0]
+    D_prev: torch.Tensor | None = None
+    for i in range(g.n):
+        sig, sig_next = g.sigma[i], g.sigma[i + 1]
+        D = run.D(x_hat, sig)
+        if sig_next == 0:
+            x_hat = D
+        else:
+            ratio = sig_next / sig
+            if D_prev is not None:
+                h = math.log(sig / sig_next)
+                r = math.log(g.sigma[i - 1] / sig) / h
+                # Second-order multistep correction (Lu et al. 2022, eq. 17).
+                D_eff = torch.add(D * (1 + 0.5 / r), D_prev, alpha=-0.5 / r)
+            else:
+                D_eff = D
+            x_hat = torch.add(x_hat * ratio, D_eff, alpha=1 - ratio)
+        D_prev = D
+        run.record(x_hat * g.s[i + 1])
+    return x_hat * g.s[-1]
+
+
+# ----- samplers on x_hat and sigma alone -----------------------------------------------------
+
+
+def _ddim(run: _Run, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on ``x_hat = x / s``.
+
+    With ``alpha_bar = 1/(1+sigma^2)`` the DDIM step becomes
+    ``x_hat' = D + sigma_down eps_hat + sigma_up z`` with
+    ``sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)`` and
+    ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``; ``eta = 1`` is DDPM's ancestral sampler.
+    """
+    g = run.grid
+    x_hat = x / g.s[0]
+    for i in range(g.n):
+        sig, sig_next = g.sigma[i], g.sigma[i + 1]
+        D = run.D(x_hat, sig)
+        if sig_next == 0:
+            x_hat = D
+        else:
+            sigma_up = eta * sig_next * math.sqrt(max(1.0 - sig_next**2 / sig**2, 0.0))
+            sigma_down = math.sqrt(sig_next**2 - sigma_up**2)
+            # D + sigma_down (x_hat - D) / sigma
+            x_hat = torch.add(x_hat * (sigma_down / sig), D, alpha=1 - sigma_down / sig)
+            if sigma_up > 0:
+                x_hat = torch.add(x_hat, run.randn_like(x_hat), alpha=sigma_up)
+        run.record(x_hat * g.s[i + 1])
+    return x_hat * g.s[-1]
+
+
+def _ddpm(run: _Run, x: torch.Tensor) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): DDIM with ``eta = 1``, whose
+    noise is the posterior variance ``beta_tilde`` of q(x_{t-1} | x_t, x0)."""
+    return _ddim(run, x, eta=1.0)
+
+
+def _euler_maruyama(
+    run: _Run, x: torch.Tensor, beta: float | Callable[[float], float] | None = None
+) -> torch.Tensor:
+    """Euler-Maruyama on the reverse SDE, EDM eq. 6 in general ``(s, sigma)`` form:
+
+        dx = [f x - s (sigma'/sigma + beta) (D - x/s)] dt + s sigma sqrt(2 beta) dw,
+
+    ``beta(t) = sigma'/sigma`` (the default) is Song et al.'s reverse SDE
+    ``dx = [f x - g^2 grad log p] dt + g dw``; ``beta = 0`` is the probability-flow ODE.
+    The last step to sigma = 0 is the denoiser's mean (Song et al.'s noise removal).
+    """
+    g = run.grid
+    for i in range(g.n):
+        sig, s = g.sigma[i], g.s[i]
+        x_hat = x if s == 1.0 else x * (1.0 / s)
+        D = run.D(x_hat, sig)
+        if g.sigma[i + 1] == 0:
+            x = D * g.s[i + 1]
+        else:
+            h = g.t[i + 1] - g.t[i]
+            rate = g.dsigma[i] / sig
+            b = rate if beta is None else (beta(g.t[i]) if callable(beta) else beta)
+            f = g.ds[i] / s
+            # x + h [f x - s (rate + b) (D - x_hat)]
+            drift_x = 1.0 + h * f + h * (rate + b)  # x_hat = x / s, so s * x_hat = x
+            x = torch.add(x * drift_x, D, alpha=-h * s * (rate + b))
+            if b > 0:
+                x = torch.add(x, run.randn_like(x), alpha=s * sig * math.sqrt(2 * b * abs(h)))
+        run.record(x)
+    return x
+
+
+def _langevin(
+    run: _Run, x_hat: torch.Tensor, sigma: float, step: torch.Tensor | float
+) -> torch.Tensor:
+    """One Langevin step ``x + step/2 score + sqrt(step) z`` with ``score = (D - x)/sigma^2``."""
+    D = run.D(x_hat, sigma)
+    score = (D - x_hat) / sigma**2
+    noise = run.randn_like(x_hat)
+    if isinstance(step, torch.Tensor):
+        return x_hat + 0.5 * step * score + step.sqrt() * noise
+    return x_hat + (0.5 * step) * score + math.sqrt(step) * noise
+
+
+def _pc(run: _Run, x: torch.Tensor, snr: float = 0.16, n_corrector: int = 1) -> torch.Tensor:
+    """Predictor-corrector (Song et al. 2021, Algorithms 2-3): a Langevin corrector at each
+    noise level with step ``2 (snr ||z|| / ||score||)^2`` (norms averaged over the batch),
+    then the reverse-diffusion predictor
+    ``x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z``, all on ``x_hat``."""
+    g = run.grid
+    x_hat = x / g.s[0]
+    dims = tuple(range(1, x.ndim))
+    for i in range(g.n):
+        sig, sig_next = g.sigma[i], g.sigma[i + 1]
+        for _ in range(n_corrector):
+            D = run.D(x_hat, sig)
+            score = (D - x_hat) / sig**2
+            z = run.randn_like(x_hat)
+            # Norms averaged over the batch, as in score_sde: a per-sample ratio explodes
+            # wherever one sample's score is near zero (mode centres in low dimension).
+            z_norm = torch.linalg.vector_norm(z, dim=dims).mean()
+            score_norm = torch.linalg.vector_norm(score, dim=dims).mean()
+            step = 2 * (snr * z_norm / score_norm.clamp_min(1e-30)) ** 2
+            x_hat = x_hat + step * score + torch.sqrt(2 * step) * z
+        D = run.D(x_hat, sig)
+        if sig_next == 0:
+            x_hat = D
+        else:
+            var = sig**2 - sig_next**2
+            score = (D - x_hat) / sig**2
+            x_hat = x_hat + var * score + math.sqrt(var) * run.randn_like(x_hat)
+        run.record(x_hat * g.s[i + 1])
+    return x_hat * g.s[-1]
+
+
+def _annealed_langevin(
+    run: _Run, x: torch.Tensor, n_inner: int = 100, step_lr: float | None = None
+) -> torch.Tensor:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): at each noise level
+    ``sigma_i`` of the grid, ``n_inner`` Langevin steps of size
+    ``alpha_i = step_lr sigma_i^2 / sigma_L^2``, then one denoising step at ``sigma_L``.
+
+    ``step_lr`` defaults to ``0.2 sigma_L^2`` (the paper's 2e-5 at sigma_L = 0.01).
+    """
+    g = run.grid
+    levels = g.sigma[:-1]
+    sigma_L = levels[-1]
+    lr = 0.2 * sigma_L**2 if step_lr is None else step_lr
+    x_hat = x / g.s[0]
+    for i, sig in enumerate(levels):
+        alpha = lr * sig**2 / sigma_L**2
+        for _ in range(n_inner):
+            x_hat = _langevin(run, x_hat, sig, alpha)
+        if i == len(levels) - 1:
+            x_hat = run.D(x_hat, sig)
+        run.record(x_hat * g.s[i + 1])
+    return x_hat * g.s[-1]
+
+
+def _edm_stochastic(
+    run: _Run,
+    x: torch.Tensor,
+    formulation: Formulation,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = float("inf"),
+    S_noise: float = 1.0,
+) -> torch.Tensor:
+    """EDM Algorithm 2: Heun with "churn", adding noise to go up to ``(1 + gamma) sigma``
+    before each step, for ``sigma`` in ``[S_min, S_max]``."""
+    churn = {
+        "formulation": formulation,
+        "S_churn": S_churn,
+        "S_min": S_min,
+        "S_max": S_max,
+        "S_noise": S_noise,
+    }
+    return _heun(run, x, churn)
+
+
+# ----- registry and validation ---------------------------------------------------------------
+
+
+def _check_beta(value: Any) -> Any:
+    if value is None or callable(value):
+        return value
+    return check_nonnegative("beta", value)
+
+
+# Each sampler's options and their validators.
+SAMPLER_OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "euler": {},
+    "heun": {},
+    "dpmpp-2m": {},
+    "edm-stochastic": {
+        "S_churn": lambda v: check_nonnegative("S_churn", v),
+        "S_min": lambda v: check_nonnegative("S_min", v),
+        "S_max": lambda v: check_nonnegative("S_max", v),
+        "S_noise": lambda v: check_positive("S_noise", v),
+    },
+    "ddim": {"eta": lambda v: check_in_range("eta", v, 0.0, 1.0)},
+    "ddpm": {},
+    "euler-maruyama": {"beta": _check_beta},
+    "pc": {
+        "snr": lambda v: check_positive("snr", v),
+        "n_corrector": lambda v: check_int("n_corrector", v, minimum=0),
+    },
+    "annealed-langevin": {
+        "n_inner": lambda v: check_int("n_inner", v, minimum=1),
+        "step_lr": lambda v: v if v is None else check_positive("step_lr", v),
+    },
+}
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": _euler,
+    "heun": _heun,
+    "dpmpp-2m": _dpmpp_2m,
+    "edm-stochastic": _edm_stochastic,
+    "ddim": _ddim,
+    "ddpm": _ddpm,
+    "euler-maruyama": _euler_maruyama,
+    "pc": _pc,
+    "annealed-langevin": _annealed_langevin,
+}
+
+ODE_SAMPLERS = ("euler", "heun", "dpmpp-2m", "ddim")
+
+_COMMON_OPTIONS = ("sigmas", "return_trajectory", "dtype", "cond")
+
+
+def evaluations_per_sample(sampler: str, steps: int, **options: Any) -> int:
+    """Number of denoiser evaluations a sampler makes for ``steps`` steps."""
+    check_choice("sampler", sampler, SAMPLERS)
+    if sampler in ("heun", "edm-stochastic"):
+        return 2 * steps - 1
+    if sampler == "pc":
+        return steps * (1 + options.get("n_corrector", 1))
+    if sampler == "annealed-langevin":
+        return steps * options.get("n_inner", 100) + 1
+    return steps
+
+
+def sample(
+    denoiser: DenoiserFn,
+    noise: torch.Tensor,
+    formulation: Formulation | str = "edm",
+    sampler: str = "heun",
+    steps: int = 18,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Draw samples by running ``sampler`` from standard-normal ``noise`` ``[batch, ...]``.
+
+    Args:
+        denoiser: ``D(x_hat, sigma[batch], **cond) -> x0_hat``.
+        noise: standard-normal tensor; the start is ``s(t_0) sigma(t_0) noise``.
+        formulation: a :class:`Formulation` or its name; fixes the coordinates the ODE is
+            solved in and the time grid.
+        sampler: ``euler | heun | edm-stochastic | ddim | ddpm | euler-maruyama | pc |
+            annealed-langevin | dpmpp-2m``.
+        steps: number of steps (noise levels) of the grid.
+        generator: torch generator for the noise of stochastic samplers.
+        options: the sampler's own options (``eta``, ``S_churn``, ``snr``, ...) and
+            ``sigmas`` (a decreasing sigma grid replacing the formulation's), ``cond`` (extra
+            keyword arguments for the denoiser, e.g. class labels), ``dtype`` (state dtype,
+            float64 by default) and ``return_trajectory``.
+
+    Returns:
+        samples with ``noise``'s shape and dtype, or ``(samples, trajectory)`` with the
+        trajectory ``[n_points, batch, ...]`` in the formulation's coordinates.
+    """
+    check_choice("sampler", sampler, SAMPLERS)
+    check_int("steps", steps, minimum=1)
+    formulation = get_formulation(formulation)
+    if not isinstance(noise, torch.Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
+        raise ConfigError("noise must be a tensor of shape [batch, ...] with batch >= 1")
+    allowed = SAMPLER_OPTIONS[sampler]
+    own: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in _COMMON_OPTIONS:
+            continue
+        if key not in allowed:
+            names = ", ".join(sorted([*allowed, *_COMMON_OPTIONS]))
+            raise ConfigError(f"unknown option {key!r} for sampler {sampler!r}; allowed: {names}")
+        own[key] = allowed[key](value)
+    if sampler == "edm-stochastic":
+        own["formulation"] = formulation
+
+    dtype = options.get("dtype", torch.float64)
+    grid = make_grid(formulation, steps, options.get("sigmas"))
+    run = _Run(
+        denoiser,
+        grid,
+        noise.shape[0],
+        dtype,
+        noise.device,
+        generator,
+        bool(options.get("return_trajectory", False)),
+        dict(options.get("cond") or {}),
+    )
+    with torch.no_grad():
+        x = noise.to(dtype) * (grid.s[0] * grid.sigma[0])
+        run.record(x)
+        x = SAMPLERS[sampler](run, x, **own)
+    samples = x.to(noise.dtype)
+    if run.trajectory is not None:
+        return samples, torch.stack(run.trajectory).to(noise.dtype)
+    return samples
