@@ -1,0 +1,134 @@
+"""Mechanics shared by the learners that advance many independent runs in one NumPy step.
+
+Every learner keeps its estimate with a leading run axis (``q[n_runs, S, A]``) and moves all
+runs together: ``states[n_runs]`` -> actions sampled per run -> ``world.step_batch``. Runs are
+independent because each draws its own actions from a shared, seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from driftlab.core.config import ConfigError, check_in_range, check_int, check_positive
+from driftlab.rl.tabular.gridworld import GridWorld
+
+# A step size is a constant, or a function of how many times the updated entry (or, for
+# function approximation, the run) has been updated so far, counting from 1.
+StepSize = float | Callable[[np.ndarray], np.ndarray]
+
+
+def decaying_step_size(alpha0: float, power: float = 1.0, offset: float = 0.0) -> StepSize:
+    """``alpha_k = alpha0 / ((k + offset) / (1 + offset)) ** power``, ``alpha_1 = alpha0``.
+
+    With ``0.5 < power <= 1`` the Robbins-Monro conditions hold (Zhao ch. 6, eq. (6.8)):
+    ``sum alpha_k = inf`` and ``sum alpha_k^2 < inf``, so stochastic approximation converges.
+    """
+    check_positive("alpha0", alpha0)
+    check_in_range("power", power, 0.0, 1.0)
+    if offset < 0:
+        raise ConfigError(f"offset must be >= 0, got {offset}")
+
+    def schedule(count: np.ndarray) -> np.ndarray:
+        return alpha0 / ((count + offset) / (1.0 + offset)) ** power
+
+    return schedule
+
+
+# An exploration rate is a constant or a function of the episode index (from 0).
+Exploration = float | Callable[[int], float]
+
+
+def linear_schedule(start: float, end: float, duration: int) -> Callable[[int], float]:
+    """``start`` moving linearly to ``end`` over ``duration`` episodes, then ``end``.
+
+    Letting epsilon go to 0 makes an epsilon-greedy learner greedy in the limit (GLIE), which
+    is what lets Sarsa reach an optimal policy rather than the best epsilon-greedy one.
+    """
+    check_in_range("start", start, 0.0, 1.0)
+    check_in_range("end", end, 0.0, 1.0)
+    check_int("duration", duration, minimum=1)
+
+    def schedule(episode: int) -> float:
+        return start + (end - start) * min(episode / duration, 1.0)
+
+    return schedule
+
+
+def exploration_at(epsilon: Exploration, episode: int) -> float:
+    """The exploration rate of ``episode``, checked to be a probability."""
+    value = epsilon(episode) if callable(epsilon) else epsilon
+    return check_in_range("epsilon", value, 0.0, 1.0)
+
+
+def check_step_size(name: str, alpha: StepSize) -> StepSize:
+    if callable(alpha):
+        return alpha
+    return check_in_range(name, alpha, 0.0, 1.0)
+
+
+def step_sizes(alpha: StepSize, count: np.ndarray) -> np.ndarray | float:
+    """The step size of each update, given its visit count (>= 1)."""
+    return alpha(count) if callable(alpha) else alpha
+
+
+def check_runs(n_runs: int, episodes: int, episode_length: int) -> None:
+    check_int("n_runs", n_runs, minimum=1)
+    check_int("episodes", episodes, minimum=1)
+    check_int("episode_length", episode_length, minimum=1)
+
+
+def sample_actions(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One action per row of ``probs[n, A]`` by inverting the cumulative distribution."""
+    u = rng.random(probs.shape[0])
+    cumulative = probs.cumsum(axis=1)
+    # ``min`` guards against a row summing to slightly less than u in floating point.
+    return np.minimum((u[:, None] >= cumulative).sum(axis=1), probs.shape[1] - 1)
+
+
+def epsilon_greedy_rows(q_rows: np.ndarray, epsilon: float) -> np.ndarray:
+    """epsilon-greedy probabilities ``[n, A]`` of action values ``q_rows[n, A]`` (Zhao eq. (5.5)).
+
+    The acting distribution of the hot loop: exact ties go to the first action, as in
+    :func:`driftlab.rl.tabular.planning.greedy_policy`, which reports the learned policies.
+    """
+    n, n_actions = q_rows.shape
+    probs = np.full((n, n_actions), epsilon / n_actions)
+    probs[np.arange(n), q_rows.argmax(axis=1)] += 1.0 - epsilon
+    return probs
+
+
+def start_states(
+    world: GridWorld, rng: np.random.Generator, n_runs: int, start: str | int | None
+) -> np.ndarray:
+    """Start state of each run for one episode.
+
+    ``start=None`` uses the world's ``start`` cell when it has one, else a uniformly random
+    non-terminal state per run; ``"random"`` forces the latter; an int is a fixed state.
+    """
+    if start is None and world.start is not None:
+        start = world.state_index(*world.start)
+    if start is None or start == "random":
+        candidates = np.flatnonzero(~world.terminal)
+        return candidates[rng.integers(candidates.size, size=n_runs)]
+    if isinstance(start, str) or not 0 <= int(start) < world.n_states:
+        raise ConfigError(
+            f"start must be None, 'random' or a state in 0..{world.n_states - 1}, got {start!r}"
+        )
+    return np.full(n_runs, int(start))
+
+
+def rmse(estimates: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Root-mean-square error of each run's estimate ``[n_runs, ...]`` against ``reference``."""
+    errors = (estimates - reference[None]).reshape(estimates.shape[0], -1)
+    return np.sqrt((errors**2).mean(axis=1))
+
+
+def check_reference(reference: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if reference is None:
+        return None
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.shape != shape:
+        raise ConfigError(f"reference must have shape {shape}, got {reference.shape}")
+    return reference
