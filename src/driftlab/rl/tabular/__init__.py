@@ -1,6 +1,12 @@
 """Tabular RL on the book's grid world, each learner checked against the exact Bellman solution."""
 
 from driftlab.rl.tabular.gridworld import ACTIONS, GridWorld
+from driftlab.rl.tabular.monte_carlo import (
+    MonteCarloResult,
+    mc_basic,
+    mc_epsilon_greedy,
+    mc_exploring_starts,
+)
 from driftlab.rl.tabular.planning import (
     PlanningResult,
     epsilon_greedy_policy,
@@ -17,11 +23,15 @@ from driftlab.rl.tabular.stochastic_approximation import incremental_mean, robbi
 __all__ = [
     "ACTIONS",
     "GridWorld",
+    "MonteCarloResult",
     "PlanningResult",
     "epsilon_greedy_policy",
     "evaluate_policy",
     "greedy_policy",
     "incremental_mean",
+    "mc_basic",
+    "mc_epsilon_greedy",
+    "mc_exploring_starts",
     "plot_grid",
     "plot_learning_curves",
     "policy_iteration",
