@@ -97,10 +97,16 @@ def test_mc_basic_matches_value_iteration_from_the_cli(tmp_path: Path, capsys) -
         ("truncated-policy-iteration", ["--truncation", "3"]),
         ("mc-es", ["--episodes", "40", "--runs", "3", "--alpha", "0.5"]),
         ("mc-egreedy", ["--episodes", "30", "--runs", "2", "--epsilon", "0.2"]),
+        ("td0", ["--episodes", "20", "--runs", "3", "--policy", "optimal"]),
+        ("sarsa", ["--episodes", "20", "--runs", "3", "--terminal-target", "--start", "1,1"]),
+        ("expected-sarsa", ["--episodes", "20", "--runs", "3", "--exploring-starts"]),
+        ("nstep-sarsa", ["--episodes", "20", "--runs", "3", "--n", "2"]),
+        ("q-learning", ["--episodes", "5", "--runs", "3"]),
+        ("q-learning", ["--episodes", "20", "--runs", "3", "--behavior", "epsilon-greedy"]),
     ],
 )
 def test_every_method_runs_and_writes_pictures(tmp_path: Path, capsys, method, extra) -> None:
-    run_dir = tmp_path / method
+    run_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, method, *extra, "--run-dir", str(run_dir))
     assert code == 0, err
     assert "state values:" in out and "policy (o = stay):" in out
@@ -121,6 +127,8 @@ def test_every_method_runs_and_writes_pictures(tmp_path: Path, capsys, method, e
         (["mc-es", "--episodes", "0"], "episodes must be >= 1, got 0"),
         (["mc-egreedy", "--epsilon", "0"], "epsilon must be > 0"),
         (["mc-basic", "--episode-length", "-2"], "episode_length must be >= 1, got -2"),
+        (["sarsa", "--alpha", "2"], "alpha must be in [0.0, 1.0], got 2.0"),
+        (["q-learning", "--start", "0,1"], "start (0, 1) is outside the 5x5 grid"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path: Path, capsys, argv, message) -> None:

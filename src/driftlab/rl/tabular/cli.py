@@ -227,10 +227,19 @@ def run_policy_iteration(world: GridWorld, args: argparse.Namespace) -> Outcome:
 
 
 def run_truncated_policy_iteration(world: GridWorld, args: argparse.Namespace) -> Outcome:
+    """Also draws value and policy iteration from the same start (Zhao Fig. 4.x comparison)."""
     result = truncated_policy_iteration(
         world, args.truncation, tol=args.tol, max_iterations=args.max_iterations
     )
-    return _planning_outcome(world, result, f"truncated policy iteration ({args.truncation})")
+    outcome = _planning_outcome(world, result, f"truncated policy iteration ({args.truncation})")
+    for name, other in (
+        ("value iteration", value_iteration(world, tol=args.tol)),
+        ("policy iteration", policy_iteration(world)),
+    ):
+        comparison = _planning_outcome(world, other, name)
+        outcome.curves.update(comparison.curves)
+        outcome.lines.extend(comparison.lines)
+    return outcome
 
 
 def run_mc_basic(world: GridWorld, args: argparse.Namespace) -> Outcome:
