@@ -184,7 +184,7 @@ def test_expected_sarsa_control_converges_to_the_best_epsilon_greedy_q():
         world,
         epsilon=0.1,
         alpha=0.2,
-        episodes=2000,
+        episodes=3000,
         episode_length=20,
         n_runs=100,
         seed=0,
@@ -192,8 +192,8 @@ def test_expected_sarsa_control_converges_to_the_best_epsilon_greedy_q():
         exploring_starts=True,
         reference=q_eps,
     )
-    # measured 0.24 after 2000 episodes, 0.002 after 5000
-    assert result.errors[-1].mean() < 0.3
+    # measured 0.24 after 2000 episodes, 0.049 after 3000, 0.002 after 5000
+    assert result.errors[-1].mean() < 0.08
     # with epsilon = 0.1 the greedy policy of q_eps is optimal (checked by the planner)
     assert np.all(optimality_gaps(world, result.policy) < 1e-6)
 

@@ -79,24 +79,20 @@ def check_runs(n_runs: int, episodes: int, episode_length: int) -> None:
     check_int("episode_length", episode_length, minimum=1)
 
 
-def sample_actions(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """One action per row of ``probs[n, A]`` by inverting the cumulative distribution."""
-    u = rng.random(probs.shape[0])
-    cumulative = probs.cumsum(axis=1)
-    # ``min`` guards against a row summing to slightly less than u in floating point.
-    return np.minimum((u[:, None] >= cumulative).sum(axis=1), probs.shape[1] - 1)
+def cumulative_policy(policy: np.ndarray) -> np.ndarray:
+    """Cumulative action probabilities of each row, the last set to exactly 1."""
+    cumulative = np.cumsum(policy, axis=-1)
+    cumulative[..., -1] = 1.0  # so that every u in [0, 1) falls below some entry
+    return cumulative
 
 
-def epsilon_greedy_rows(q_rows: np.ndarray, epsilon: float) -> np.ndarray:
-    """epsilon-greedy probabilities ``[n, A]`` of action values ``q_rows[n, A]`` (Zhao eq. (5.5)).
+def sample_actions(uniforms: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
+    """One action per row by inverting the cumulative distribution ``cumulative[n, A]``.
 
-    The acting distribution of the hot loop: exact ties go to the first action, as in
-    :func:`driftlab.rl.tabular.planning.greedy_policy`, which reports the learned policies.
+    ``uniforms[n]`` are draws on [0, 1); the action is the first with ``u < F(a)``.
+    (``argmax`` on the booleans is much faster than counting them with a sum.)
     """
-    n, n_actions = q_rows.shape
-    probs = np.full((n, n_actions), epsilon / n_actions)
-    probs[np.arange(n), q_rows.argmax(axis=1)] += 1.0 - epsilon
-    return probs
+    return (uniforms[:, None] < cumulative).argmax(axis=1)
 
 
 def start_states(

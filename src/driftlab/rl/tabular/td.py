@@ -36,7 +36,7 @@ from driftlab.rl.tabular.runs import (
     check_reference,
     check_runs,
     check_step_size,
-    epsilon_greedy_rows,
+    cumulative_policy,
     exploration_at,
     rmse,
     sample_actions,
@@ -93,39 +93,69 @@ class _Runs:
         self.runs = np.arange(n_runs)
         self.estimate = np.zeros((n_runs, *estimate_shape))
         self.counts = np.zeros((n_runs, *estimate_shape))
+        # Flat views: one np.take / assignment per step is much cheaper than a 3-d fancy index.
+        self.flat_estimate = self.estimate.reshape(-1)
+        self.flat_counts = self.counts.reshape(-1)
+        self.run_offset = self.runs * int(np.prod(estimate_shape))
+        # gamma where s' is live, 0 where it is terminal: never bootstrap past termination.
+        self.discount = world.gamma * ~world.terminal
+        self.episodic = bool(world.terminal.any())
+        self.episode_return = np.zeros(n_runs)
+        self.episode_length = np.zeros(n_runs, dtype=np.int64)
         self.errors = None if reference is None else np.zeros((episodes, n_runs))
         self.returns = np.zeros((episodes, n_runs))
         self.lengths = np.zeros((episodes, n_runs), dtype=np.int64)
 
     def start_episode(self) -> tuple[np.ndarray, np.ndarray]:
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
         states = start_states(self.world, self.rng, self.n_runs, self.start)
         return states, ~self.world.terminal[states]
 
-    def first_actions(self, probs: np.ndarray) -> np.ndarray:
-        """First action of each run: from ``probs``, or uniform under exploring starts.
+    def first_actions(self, acting: _Acting, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """First action of each run: from the acting policy, or uniform under exploring starts.
 
         Exploring starts (Zhao ch. 5.2) make every state-action pair a possible first pair,
         so pairs the acting policy rarely picks still get visited.
         """
         if self.exploring_starts:
-            return self.rng.integers(probs.shape[1], size=probs.shape[0])
-        return sample_actions(self.rng, probs)
+            return self.rng.integers(self.world.n_actions, size=self.n_runs)
+        return acting.sample(0, greedy, states)
 
-    def update(self, index: tuple[np.ndarray, ...], target: np.ndarray, mask: np.ndarray) -> None:
-        """Move ``estimate[runs, *index]`` toward ``target`` where ``mask`` (Zhao eq. (7.1))."""
+    def index(self, states: np.ndarray, actions: np.ndarray | None = None) -> np.ndarray:
+        """Flat index of each run's entry ``(s)`` or ``(s, a)`` in ``flat_estimate``."""
+        if actions is None:
+            return self.run_offset + states
+        return self.run_offset + states * self.world.n_actions + actions
+
+    def update(self, index: np.ndarray, target: np.ndarray, mask: np.ndarray) -> None:
+        """Move each run's entry ``index`` toward ``target`` where ``mask`` (Zhao eq. (7.1))."""
         if callable(self.alpha):
-            self.counts[(self.runs, *index)] += mask
-            alpha = step_sizes(self.alpha, np.maximum(self.counts[(self.runs, *index)], 1.0))
+            self.flat_counts[index] += mask
+            alpha = step_sizes(self.alpha, np.maximum(self.flat_counts[index], 1.0))
         else:
             alpha = self.alpha
-        current = self.estimate[(self.runs, *index)]
-        self.estimate[(self.runs, *index)] = current + mask * alpha * (target - current)
+        current = self.flat_estimate[index]
+        step = alpha * (target - current)
+        if self.episodic:  # in a continuing world every run is always live
+            step = step * mask
+        self.flat_estimate[index] = current + step
 
-    def record(self, episode: int, rewards: np.ndarray, mask: np.ndarray) -> None:
-        self.returns[episode] += rewards * mask
-        self.lengths[episode] += mask
+    def discount_to(self, states: np.ndarray) -> np.ndarray | float:
+        """gamma, or 0 for runs whose next state is terminal."""
+        return self.discount[states] if self.episodic else self.world.gamma
+
+    def record(self, rewards: np.ndarray, mask: np.ndarray) -> None:
+        if self.episodic:
+            np.add(self.episode_return, rewards, out=self.episode_return, where=mask)
+            self.episode_length += mask
+        else:
+            self.episode_return += rewards
+            self.episode_length += 1
 
     def end_episode(self, episode: int) -> None:
+        self.returns[episode] = self.episode_return
+        self.lengths[episode] = self.episode_length
         if self.errors is not None:
             self.errors[episode] = rmse(self.estimate, self.reference)
 
@@ -147,7 +177,6 @@ def td0(
     ``v(s_{t+1}) = 0`` when ``s_{t+1}`` is terminal. ``reference`` is the exact ``v_pi``.
     """
     policy = world.check_policy(policy)
-    gamma = world.gamma
     book = _Runs(
         world,
         (world.n_states,),
@@ -160,18 +189,21 @@ def td0(
         reference,
         False,
     )
+    cumulative = cumulative_policy(policy)
     for episode in range(episodes):
         states, alive = book.start_episode()
-        for _ in range(episode_length):
-            actions = sample_actions(book.rng, policy[states])
+        uniforms = book.rng.random((episode_length, n_runs))
+        for t in range(episode_length):
+            actions = sample_actions(uniforms[t], cumulative[states])
             nxt, rewards, terminated = world.step_batch(states, actions)
-            target = rewards + gamma * ~terminated * book.estimate[book.runs, nxt]
-            book.update((states,), target, alive)
-            book.record(episode, rewards, alive)
-            alive = alive & ~terminated
+            target = rewards + book.discount_to(nxt) * book.flat_estimate[book.index(nxt)]
+            book.update(book.index(states), target, alive)
+            book.record(rewards, alive)
             states = nxt
-            if not alive.any():
-                break
+            if book.episodic:
+                alive = alive & ~terminated
+                if not alive.any():
+                    break
         book.end_episode(episode)
     return TDResult(
         values=book.estimate,
@@ -184,31 +216,60 @@ def td0(
 
 
 # ----- one-step action-value learners ----------------------------------------------------------
-# The acting policy maps (q of each run, states, episode) to action probabilities [n_runs, A].
-ActingPolicy = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-# The bootstrap maps (q, next states, next actions, probabilities at next states) to [n_runs].
-Bootstrap = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+class _Acting:
+    """The policy that picks actions: fixed (evaluation) or epsilon-greedy in q (control).
+
+    It works from each run's greedy action at its state (``greedy[n_runs]``), which the loop
+    computes once per step and Q-learning's target reuses.
+    """
+
+    def __init__(
+        self, world: GridWorld, policy: np.ndarray | None, epsilon: Exploration, n_runs: int
+    ) -> None:
+        self.fixed = None if policy is None else world.check_policy(policy)
+        if self.fixed is not None:
+            self.cumulative = cumulative_policy(self.fixed)
+        self.schedule = epsilon
+        self.epsilon = exploration_at(epsilon, 0)
+        self.n_actions = world.n_actions
+        self.runs = np.arange(n_runs)
+
+    def begin_episode(self, episode: int, rng: np.random.Generator, draws: int) -> None:
+        """Draw the episode's uniforms at once (``[draws, n_runs]``), not one call per step."""
+        self.epsilon = exploration_at(self.schedule, episode)
+        self.uniforms = rng.random((draws, self.runs.size))
+        if self.fixed is None and self.epsilon > 0.0:
+            # explore when u < epsilon; then u / epsilon is uniform on [0, 1) and picks the
+            # random action, so one draw decides both.
+            self.explore = self.uniforms < self.epsilon
+            scaled = (self.uniforms * (self.n_actions / self.epsilon)).astype(np.int64)
+            self.random_actions = np.minimum(scaled, self.n_actions - 1)
+
+    def probs(self, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """``pi(. | s)`` of each run, ``[n_runs, A]`` (Zhao eq. (5.5) for epsilon-greedy)."""
+        if self.fixed is not None:
+            return self.fixed[states]
+        probs = np.full((self.runs.size, self.n_actions), self.epsilon / self.n_actions)
+        probs[self.runs, greedy] += 1.0 - self.epsilon
+        return probs
+
+    def sample(self, draw: int, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """One action per run from the episode's ``draw``-th uniforms."""
+        if self.fixed is not None:
+            return sample_actions(self.uniforms[draw], self.cumulative[states])
+        if self.epsilon == 0.0:
+            return greedy
+        return np.where(self.explore[draw], self.random_actions[draw], greedy)
 
 
-def _acting_policy(
-    world: GridWorld, policy: np.ndarray | None, epsilon: Exploration
-) -> ActingPolicy:
-    """A fixed policy (evaluation), or epsilon-greedy in the current estimate (control)."""
-    if policy is not None:
-        fixed = world.check_policy(policy)
-        return lambda q, states, episode: fixed[states]
-    exploration_at(epsilon, 0)
-
-    def act(q: np.ndarray, states: np.ndarray, episode: int) -> np.ndarray:
-        runs = np.arange(q.shape[0])
-        return epsilon_greedy_rows(q[runs, states], exploration_at(epsilon, episode))
-
-    return act
+# The bootstrap maps (q rows at s_{t+1}, a_{t+1}, greedy actions at s_{t+1}, the acting
+# policy, s_{t+1}) to the value that the target discounts, [n_runs].
+Bootstrap = Callable[[np.ndarray, np.ndarray, np.ndarray, _Acting, np.ndarray], np.ndarray]
 
 
 def _learn_q(
     world: GridWorld,
-    acting: ActingPolicy,
+    acting: _Acting,
     bootstrap: Bootstrap,
     alpha: StepSize,
     episodes: int,
@@ -223,7 +284,6 @@ def _learn_q(
 
     ``q(s_t, a_t) <- q(s_t, a_t) - alpha [q(s_t, a_t) - (r_{t+1} + gamma * bootstrap)]``.
     """
-    gamma = world.gamma
     book = _Runs(
         world,
         (world.n_states, world.n_actions),
@@ -236,48 +296,57 @@ def _learn_q(
         reference,
         exploring_starts,
     )
-    q = book.estimate
+    # Row ``run * S + s`` of ``q_rows`` is q(s, .) of that run; entry ``row * A + a`` of
+    # ``book.flat_estimate`` is q(s, a).
+    q_rows = book.estimate.reshape(-1, world.n_actions)
+    row_offset = book.runs * world.n_states
     for episode in range(episodes):
         states, alive = book.start_episode()
-        actions = book.first_actions(acting(q, states, episode))
-        for _ in range(episode_length):
+        acting.begin_episode(episode, book.rng, episode_length + 1)
+        rows = row_offset + states
+        actions = book.first_actions(acting, q_rows[rows].argmax(axis=1), states)
+        for t in range(1, episode_length + 1):
             nxt, rewards, terminated = world.step_batch(states, actions)
             # Sarsa needs a_{t+1} before the update (Zhao Algorithm 7.1); the others use it
             # only to act, one step later.
-            next_probs = acting(q, nxt, episode)
-            next_actions = sample_actions(book.rng, next_probs)
-            target = rewards + gamma * ~terminated * bootstrap(q, nxt, next_actions, next_probs)
-            book.update((states, actions), target, alive)
-            book.record(episode, rewards, alive)
-            alive = alive & ~terminated
-            states, actions = nxt, next_actions
-            if not alive.any():
-                break
+            next_rows = row_offset + nxt
+            next_q = q_rows[next_rows]
+            greedy = next_q.argmax(axis=1)
+            next_actions = acting.sample(t, greedy, nxt)
+            value = bootstrap(next_q, next_actions, greedy, acting, nxt)
+            target = rewards + book.discount_to(nxt) * value
+            book.update(rows * world.n_actions + actions, target, alive)
+            book.record(rewards, alive)
+            states, rows, actions = nxt, next_rows, next_actions
+            if book.episodic:
+                alive = alive & ~terminated
+                if not alive.any():
+                    break
         book.end_episode(episode)
     return TDResult(
         values=None,
-        q_values=q,
-        policy=greedy_policy(q),
+        q_values=book.estimate,
+        policy=greedy_policy(book.estimate),
         errors=book.errors,
         episode_returns=book.returns,
         episode_lengths=book.lengths,
     )
 
 
-def _sampled_next(
-    q: np.ndarray, nxt: np.ndarray, next_actions: np.ndarray, _: np.ndarray
-) -> np.ndarray:
-    return q[np.arange(q.shape[0]), nxt, next_actions]
+def _sampled_next(q, actions, greedy, acting: _Acting, states) -> np.ndarray:
+    """Sarsa: q(s_{t+1}, a_{t+1}) of the sampled next action."""
+    return q[acting.runs, actions]
 
 
-def _expected_next(
-    q: np.ndarray, nxt: np.ndarray, _: np.ndarray, next_probs: np.ndarray
-) -> np.ndarray:
-    return (q[np.arange(q.shape[0]), nxt] * next_probs).sum(axis=1)
+def _expected_next(q, actions, greedy, acting: _Acting, states) -> np.ndarray:
+    """Expected Sarsa: sum_a pi(a | s_{t+1}) q(s_{t+1}, a)."""
+    return (q * acting.probs(greedy, states)).sum(axis=1)
 
 
-def _max_next(q: np.ndarray, nxt: np.ndarray, _: np.ndarray, __: np.ndarray) -> np.ndarray:
-    return q[np.arange(q.shape[0]), nxt].max(axis=1)
+def _max_next(q, actions, greedy, acting: _Acting, states) -> np.ndarray:
+    """Q-learning: max_a q(s_{t+1}, a), read at the greedy action (a gather is several times
+    faster than a max-reduction along a short axis)."""
+    return q[acting.runs, greedy]
 
 
 def sarsa(
@@ -301,7 +370,7 @@ def sarsa(
     """
     return _learn_q(
         world,
-        _acting_policy(world, policy, epsilon),
+        _Acting(world, policy, epsilon, n_runs),
         _sampled_next,
         alpha,
         episodes,
@@ -334,7 +403,7 @@ def expected_sarsa(
     """
     return _learn_q(
         world,
-        _acting_policy(world, policy, epsilon),
+        _Acting(world, policy, epsilon, n_runs),
         _expected_next,
         alpha,
         episodes,
@@ -368,7 +437,7 @@ def q_learning(
     """
     return _learn_q(
         world,
-        _acting_policy(world, behavior_policy, epsilon),
+        _Acting(world, behavior_policy, epsilon, n_runs),
         _max_next,
         alpha,
         episodes,
@@ -403,7 +472,7 @@ def nstep_sarsa(
     ``n = 1`` is Sarsa; ``policy`` / ``epsilon`` as in :func:`sarsa`.
     """
     check_int("n", n, minimum=1)
-    acting = _acting_policy(world, policy, epsilon)
+    acting = _Acting(world, policy, epsilon, n_runs)
     gamma = world.gamma
     book = _Runs(
         world,
@@ -417,29 +486,33 @@ def nstep_sarsa(
         reference,
         exploring_starts,
     )
-    q, runs = book.estimate, book.runs
+    q_rows = book.estimate.reshape(-1, world.n_actions)
+    row_offset = book.runs * world.n_states
 
     def update(states, actions, rewards, alive, tau: int, end: int) -> None:
         """Update the pair of time ``tau`` with the return over ``tau..end-1``."""
         target = np.zeros(n_runs)
         for i in range(tau, end):
             target += gamma ** (i - tau) * rewards[i]
-        target += gamma ** (end - tau) * alive[end] * q[runs, states[end], actions[end]]
-        book.update((states[tau], actions[tau]), target, alive[tau])
+        last = book.flat_estimate[book.index(states[end], actions[end])]
+        target += gamma ** (end - tau) * alive[end] * last
+        book.update(book.index(states[tau], actions[tau]), target, alive[tau])
 
     for episode in range(episodes):
         first, first_alive = book.start_episode()
+        acting.begin_episode(episode, book.rng, episode_length + 1)
         # Histories of this episode: entry t holds s_t, a_t, whether s_t is live, r_{t+1}.
         states, alive = [first], [first_alive]
-        actions, rewards = [book.first_actions(acting(q, first, episode))], []
+        actions = [book.first_actions(acting, q_rows[row_offset + first].argmax(axis=1), first)]
+        rewards = []
         for t in range(episode_length):
             nxt, reward, terminated = world.step_batch(states[t], actions[t])
             # After termination a run's rewards are 0 and its pairs are not updated.
             rewards.append(reward * alive[t])
-            book.record(episode, reward, alive[t])
+            book.record(reward, alive[t])
             states.append(nxt)
             alive.append(alive[t] & ~terminated)
-            actions.append(sample_actions(book.rng, acting(q, nxt, episode)))
+            actions.append(acting.sample(t + 1, q_rows[row_offset + nxt].argmax(axis=1), nxt))
             if t + 1 >= n:
                 update(states, actions, rewards, alive, t + 1 - n, t + 1)
             if not alive[-1].any():
@@ -450,8 +523,8 @@ def nstep_sarsa(
         book.end_episode(episode)
     return TDResult(
         values=None,
-        q_values=q,
-        policy=greedy_policy(q),
+        q_values=book.estimate,
+        policy=greedy_policy(book.estimate),
         errors=book.errors,
         episode_returns=book.returns,
         episode_lengths=book.lengths,
