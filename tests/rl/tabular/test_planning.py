@@ -192,6 +192,8 @@ def test_undiscounted_terminal_target_gives_shortest_paths() -> None:
         distance = abs(r - tr) + abs(c - tc)
         assert result.values[s] == pytest.approx(0.0 if distance == 0 else -(distance - 1))
     np.testing.assert_allclose(evaluate_policy(world, result.policy).values, result.values)
+    # Policy iteration starts from the uniform policy here (it reaches the target).
+    np.testing.assert_allclose(policy_iteration(world).values, result.values, atol=1e-10)
     # A policy that never reaches the target has no finite undiscounted value.
     stay = deterministic(world, [STAY] * world.n_states)
     with pytest.raises(ConfigError, match="reach the terminal target"):

@@ -245,7 +245,8 @@ def policy_iteration(
     Policy evaluation solves ``v_{pi_k} = r_{pi_k} + gamma P_{pi_k} v_{pi_k}`` (eq. (4.4))
     by ``evaluation`` (``"closed-form"`` or ``"iterative"``), then policy improvement takes
     ``pi_{k+1} = greedy(q_{pi_k})`` (eq. (4.5)); it stops when the policy no longer changes.
-    The default ``pi_0`` is the greedy policy of ``v = 0``, the same start as value iteration.
+    The default ``pi_0`` is the greedy policy of ``v = 0``, the same start as value iteration
+    (for gamma = 1 the uniform policy, which reaches the terminal target from every state).
     ``value_history[k]`` is ``v_{pi_k}``.
 
     With ``epsilon > 0`` the improvement step takes the epsilon-greedy policy of ``q_{pi_k}``
@@ -261,10 +262,13 @@ def policy_iteration(
         q = q_from_v(world, v)
         return epsilon_greedy_policy(q, epsilon) if epsilon > 0 else greedy_policy(q)
 
-    if initial_policy is None:
-        policy = improve(np.zeros(world.n_states))
-    else:
+    if initial_policy is not None:
         policy = world.check_policy(initial_policy)
+    elif world.gamma == 1.0 and epsilon == 0.0:
+        # Undiscounted: pi_0 must reach the terminal target, and a random walk does.
+        policy = world.uniform_policy()
+    else:
+        policy = improve(np.zeros(world.n_states))
     v = evaluate_policy(world, policy, method=evaluation).values
     values, policies = [v], [policy]
     converged = False
