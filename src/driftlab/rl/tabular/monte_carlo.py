@@ -36,6 +36,7 @@ from driftlab.rl.tabular.planning import (
 from driftlab.rl.tabular.runs import (
     StepSize,
     check_step_size,
+    cumulative_policy,
     rmse,
     sample_actions,
     start_states,
@@ -58,8 +59,8 @@ class MonteCarloResult:
         value_error: ``[n_runs, n_points]`` RMS error of ``values`` over states against
             ``target_values``.
         optimal_fraction: ``[n_runs, n_points]`` fraction of states whose greedy action is
-            best under the exact answer's ``q`` (``q*`` for exploring starts, so the greedy
-            policy is optimal from every state when this is 1).
+            optimal (best under ``q*``); the greedy policy is optimal from every state when
+            this is 1.
         target_values: ``[n_states]`` the exact answer the learner estimates.
     """
 
@@ -98,7 +99,9 @@ def return_horizon(world: GridWorld, tol: float = 1e-4) -> int:
     if world.gamma == 0.0 or r_max == 0.0:
         return 0
     if world.gamma == 1.0:
-        raise ConfigError("return_horizon needs gamma < 1; pass return_horizon explicitly")
+        raise ConfigError(
+            "the default horizon needs gamma < 1; pass horizon explicitly, got gamma 1.0"
+        )
     return max(0, math.ceil(math.log(tol * (1.0 - world.gamma) / r_max) / math.log(world.gamma)))
 
 
@@ -144,7 +147,8 @@ def _policy_sampler(
     if np.all((policy == 0.0) | (policy == 1.0)):
         best = policy.argmax(axis=1)
         return lambda states: best[states]
-    return lambda states: sample_actions(rng, policy[states])
+    cumulative = cumulative_policy(policy)
+    return lambda states: sample_actions(rng.random(states.shape[0]), cumulative[states])
 
 
 def mc_basic(
@@ -276,7 +280,8 @@ def _mc_control(
     # The exact answer: q* for exploring starts, the best epsilon-greedy policy's q otherwise
     # (policy iteration restricted to epsilon-greedy policies, Zhao ch. 5.4).
     target = policy_iteration(world, epsilon=epsilon)
-    target_q, target_best = target.q_values, target.q_values.max(axis=1)
+    optimal_q = policy_iteration(world).q_values
+    optimal_v = optimal_q.max(axis=1)
 
     rng = np.random.default_rng(seed)
     rows = np.arange(n_runs)
@@ -287,10 +292,10 @@ def _mc_control(
     def record(done: int) -> None:
         q_runs = q.reshape(n_runs, S, A)
         greedy_actions = greedy_policy(q_runs).argmax(axis=2)
-        chosen_q = np.take_along_axis(target_q[None], greedy_actions[..., None], axis=2)[..., 0]
+        chosen_q = np.take_along_axis(optimal_q[None], greedy_actions[..., None], axis=2)[..., 0]
         points.append(done)
         errors.append(rmse((policy_of(q_runs, epsilon) * q_runs).sum(axis=2), target.values))
-        fractions.append((chosen_q >= target_best[None] - 1e-6).mean(axis=1))
+        fractions.append((chosen_q >= optimal_v[None] - 1e-6).mean(axis=1))
 
     record(0)
     live_states = np.flatnonzero(~world.terminal)
