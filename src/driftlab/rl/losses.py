@@ -62,7 +62,9 @@ def discounted_returns(
     truncated: Array | None = None,
     next_values: Array | None = None,
 ) -> Array:
-    """Discounted reward-to-go ``G_t`` of every step (Zhao ch. 5 and 9, eq. (9.32)).
+    """Discounted reward-to-go ``G_t`` of every step.
+
+    The Monte Carlo return of Zhao ch. 5, which REINFORCE (ch. 9) weights its gradient with:
 
     ``G_t = r_t + gamma * (1 - terminated_t) * [(1 - cut_t) G_{t+1} + cut_t v(s_{t+1})]``,
     where ``cut_t`` is ``truncated_t`` or ``t = T - 1``. With neither flags nor ``next_values``
@@ -91,7 +93,7 @@ def nstep_returns(
     truncated: Array | None = None,
     next_values: Array | None = None,
 ) -> Array:
-    """n-step returns ``G_t^(n)`` (Zhao ch. 7, eq. (7.16), n-step Sarsa's target).
+    """n-step returns ``G_t^(n)`` (Zhao ch. 7.3, n-step Sarsa's target).
 
     ``G_t^(n) = r_t + gamma r_{t+1} + ... + gamma^{m-1} r_{t+m-1} + gamma^m v(s_{t+m})``, with
     ``m = min(n, steps left before the episode or the rollout ends)``; the bootstrap term is
@@ -133,7 +135,8 @@ def gae(
     terminated: Array | None = None,
     truncated: Array | None = None,
 ) -> Array:
-    """Generalized advantage estimates (Schulman et al. 2016, eq. (16); Zhao ch. 10).
+    """Generalized advantage estimates (Schulman et al. 2016, "High-dimensional continuous
+    control using generalized advantage estimation", sec. 3).
 
     ``delta_t = r_t + gamma (1 - terminated_t) v(s_{t+1}) - v(s_t)`` and
     ``A_t = delta_t + gamma lam (1 - terminated_t)(1 - cut_t) A_{t+1}``. ``values[t]`` is

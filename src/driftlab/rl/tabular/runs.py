@@ -22,7 +22,7 @@ StepSize = float | Callable[[np.ndarray], np.ndarray]
 def decaying_step_size(alpha0: float, power: float = 1.0, offset: float = 0.0) -> StepSize:
     """``alpha_k = alpha0 / ((k + offset) / (1 + offset)) ** power``, ``alpha_1 = alpha0``.
 
-    With ``0.5 < power <= 1`` the Robbins-Monro conditions hold (Zhao ch. 6, eq. (6.8)):
+    With ``0.5 < power <= 1`` the Robbins-Monro conditions hold (Zhao ch. 6, Robbins-Monro theorem):
     ``sum alpha_k = inf`` and ``sum alpha_k^2 < inf``, so stochastic approximation converges.
     """
     check_positive("alpha0", alpha0)

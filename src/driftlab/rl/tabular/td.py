@@ -14,7 +14,7 @@ Arguments shared by every learner:
 - ``n_runs``, ``seed``: independent runs, all drawn from one ``numpy`` generator of ``seed``.
 - ``start``: ``None`` (the world's start cell, else a random non-terminal state),
   ``"random"`` or a state index.
-- ``exploring_starts``: pick each episode's first action uniformly (Zhao ch. 5.2).
+- ``exploring_starts``: pick each episode's first action uniformly (Zhao ch. 5.3).
 - ``reference``: the exact answer (``v_pi``, ``q_pi`` or ``q*``) to record ``errors`` against.
 - ``epsilon`` (control): exploration rate, constant or a schedule of the episode index
   (:func:`driftlab.rl.tabular.runs.linear_schedule`).
@@ -115,7 +115,7 @@ class _Runs:
     def first_actions(self, acting: _Acting, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
         """First action of each run: from the acting policy, or uniform under exploring starts.
 
-        Exploring starts (Zhao ch. 5.2) make every state-action pair a possible first pair,
+        Exploring starts (Zhao ch. 5.3) make every state-action pair a possible first pair,
         so pairs the acting policy rarely picks still get visited.
         """
         if self.exploring_starts:
@@ -129,7 +129,7 @@ class _Runs:
         return self.run_offset + states * self.world.n_actions + actions
 
     def update(self, index: np.ndarray, target: np.ndarray, mask: np.ndarray) -> None:
-        """Move each run's entry ``index`` toward ``target`` where ``mask`` (Zhao eq. (7.1))."""
+        """Move each run's entry ``index`` toward ``target`` where ``mask`` (Zhao ch. 7.1)."""
         if callable(self.alpha):
             self.flat_counts[index] += mask
             alpha = step_sizes(self.alpha, np.maximum(self.flat_counts[index], 1.0))
@@ -171,7 +171,7 @@ def td0(
     start: str | int | None = None,
     reference: np.ndarray | None = None,
 ) -> TDResult:
-    """TD(0) estimate of ``v_pi`` (Zhao ch. 7, eq. (7.1)).
+    """TD(0) estimate of ``v_pi`` (Zhao ch. 7.1, the TD algorithm).
 
     ``v(s_t) <- v(s_t) - alpha [v(s_t) - (r_{t+1} + gamma v(s_{t+1}))]``, with
     ``v(s_{t+1}) = 0`` when ``s_{t+1}`` is terminal. ``reference`` is the exact ``v_pi``.
@@ -246,7 +246,7 @@ class _Acting:
             self.random_actions = np.minimum(scaled, self.n_actions - 1)
 
     def probs(self, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
-        """``pi(. | s)`` of each run, ``[n_runs, A]`` (Zhao eq. (5.5) for epsilon-greedy)."""
+        """``pi(. | s)`` of each run, ``[n_runs, A]`` (epsilon-greedy as in Zhao ch. 5.4)."""
         if self.fixed is not None:
             return self.fixed[states]
         probs = np.full((self.runs.size, self.n_actions), self.epsilon / self.n_actions)
@@ -307,7 +307,7 @@ def _learn_q(
         actions = book.first_actions(acting, q_rows[rows].argmax(axis=1), states)
         for t in range(1, episode_length + 1):
             nxt, rewards, terminated = world.step_batch(states, actions)
-            # Sarsa needs a_{t+1} before the update (Zhao Algorithm 7.1); the others use it
+            # Sarsa needs a_{t+1} before the update (Zhao ch. 7.2); the others use it
             # only to act, one step later.
             next_rows = row_offset + nxt
             next_q = q_rows[next_rows]
@@ -362,7 +362,7 @@ def sarsa(
     exploring_starts: bool = False,
     reference: np.ndarray | None = None,
 ) -> TDResult:
-    """Sarsa (Zhao ch. 7.2, eq. (7.12), Algorithm 7.1).
+    """Sarsa (Zhao ch. 7.2).
 
     Target ``r_{t+1} + gamma q(s_{t+1}, a_{t+1})``. With ``policy`` it evaluates that fixed
     policy and converges to ``q_pi``; without, it acts epsilon-greedily in its own estimate
@@ -396,7 +396,7 @@ def expected_sarsa(
     exploring_starts: bool = False,
     reference: np.ndarray | None = None,
 ) -> TDResult:
-    """Expected Sarsa (Zhao ch. 7.3, eq. (7.14)).
+    """Expected Sarsa (Zhao ch. 7.2, a variant of Sarsa).
 
     Target ``r_{t+1} + gamma sum_a pi(a | s_{t+1}) q(s_{t+1}, a)``: the expectation over the
     next action removes its sampling noise. ``policy`` / ``epsilon`` as in :func:`sarsa`.
@@ -429,11 +429,11 @@ def q_learning(
     exploring_starts: bool = False,
     reference: np.ndarray | None = None,
 ) -> TDResult:
-    """Q-learning (Zhao ch. 7.4, eq. (7.18)), target ``r_{t+1} + gamma max_a q(s_{t+1}, a)``.
+    """Q-learning (Zhao ch. 7.4), target ``r_{t+1} + gamma max_a q(s_{t+1}, a)``.
 
     Without ``behavior_policy`` it acts epsilon-greedily in its own estimate (on-policy
-    version, Algorithm 7.2); with one it learns the greedy (optimal) policy from that
-    policy's data (off-policy version, Algorithm 7.3). Both converge to ``q*``.
+    version); with one it learns the greedy (optimal) policy from that
+    policy's data (off-policy version). Both converge to ``q*``.
     """
     return _learn_q(
         world,
@@ -464,7 +464,7 @@ def nstep_sarsa(
     exploring_starts: bool = False,
     reference: np.ndarray | None = None,
 ) -> TDResult:
-    """n-step Sarsa (Zhao ch. 7.5, eq. (7.16)).
+    """n-step Sarsa (Zhao ch. 7.3).
 
     ``q(s_t, a_t)`` moves toward ``r_{t+1} + ... + gamma^{n-1} r_{t+n} +
     gamma^n q(s_{t+n}, a_{t+n})``, updated once ``s_{t+n}, a_{t+n}`` are known. The sum stops
