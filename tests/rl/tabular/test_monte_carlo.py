@@ -55,8 +55,8 @@ def test_return_horizon(world: GridWorld) -> None:
 @pytest.mark.parametrize("length", [1, 2, 4, 14, 15, 30, 100])
 def test_mc_basic_equals_value_iteration_rounds(world: GridWorld, length: int) -> None:
     """With a deterministic world and policy, one episode of length L per (s, a) gives the exact
-    L-step return, and MC Basic ends at L rounds of value iteration from v = 0 (Zhao Fig. 5.x
-    uses lengths 1 to 100)."""
+    L-step return, and MC Basic ends at L rounds of value iteration from v = 0 (Zhao ch. 5.2
+    illustrates lengths 1 to 100)."""
     result = mc_basic(world, episode_length=length)
     rounds = value_iteration(world, max_iterations=length, tol=1e-300)
     assert result.converged

@@ -51,7 +51,7 @@ def test_closed_form_and_iterative_evaluation_agree(kwargs: dict) -> None:
         iterative = evaluate_policy(world, policy, method="iterative", tol=1e-12)
         assert iterative.converged
         assert np.abs(exact.values - iterative.values).max() < 1e-8
-        # The solution satisfies the Bellman equation v = r_pi + gamma P_pi v (eq. (2.9)).
+        # The solution satisfies the Bellman equation v = r_pi + gamma P_pi v (ch. 2.6).
         P_pi, r_pi = world.policy_model(policy)
         residual = exact.values - (r_pi + world.gamma * P_pi @ exact.values)
         assert np.abs(residual).max() < 1e-10
@@ -122,12 +122,12 @@ def test_planners_reach_the_same_optimum(kwargs: dict) -> None:
         assert np.abs(result.values - v_star).max() < 1e-8, name
         # The greedy policy is optimal: its exact value is v*.
         assert np.abs(evaluate_policy(world, result.policy).values - v_star).max() < 1e-8, name
-    # v* solves the Bellman optimality equation v = max_a q(s, a) (Zhao ch. 3, eq. (3.2)).
+    # v* solves the Bellman optimality equation v = max_a q(s, a) (Zhao ch. 3.3).
     assert np.abs(q_from_v(world, v_star).max(axis=1) - v_star).max() < 1e-9
 
 
 def test_default_world_optimal_values_match_the_book() -> None:
-    """Zhao ch. 3, Figure 3.4(a): the optimal state values of the default world."""
+    """Zhao ch. 3: the optimal state values of the default world, as printed in the book."""
     v = policy_iteration(GridWorld()).values.reshape(5, 5)
     book = [
         [5.8, 5.6, 6.2, 6.5, 5.8],

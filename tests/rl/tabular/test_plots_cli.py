@@ -62,7 +62,7 @@ def test_value_iteration_end_to_end(tmp_path: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "value-iteration", "--run-dir", str(run_dir))
     assert code == 0
     assert "converged after 220 iterations" in out
-    assert "  1  5.83  5.58  6.20  6.48  5.83" in out  # Zhao Fig. 3.4, first row
+    assert "  1  5.83  5.58  6.20  6.48  5.83" in out  # Zhao ch. 3, first row of v*
     assert "  4 > > o < <" in out
     for name in ("grid.png", "learning_curve.png", "config.json", "metrics.jsonl", "summary.txt"):
         assert (run_dir / name).exists(), name

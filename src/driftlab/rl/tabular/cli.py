@@ -114,7 +114,9 @@ def world_options(parser: argparse.ArgumentParser) -> None:
 
 def run_options(parser: argparse.ArgumentParser, name: str) -> None:
     group = parser.add_argument_group("run")
-    group.add_argument("--seed", type=int, default=0, help="random seed (runs use seed..)")
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the generator that drives all runs"
+    )
     group.add_argument(
         "--run-dir", default=f"runs/rl-tabular/{name}", help="where outputs are written"
     )
@@ -227,7 +229,7 @@ def run_policy_iteration(world: GridWorld, args: argparse.Namespace) -> Outcome:
 
 
 def run_truncated_policy_iteration(world: GridWorld, args: argparse.Namespace) -> Outcome:
-    """Also draws value and policy iteration from the same start (Zhao Fig. 4.x comparison)."""
+    """Also draws value and policy iteration from the same start, as Zhao ch. 4.3 compares."""
     result = truncated_policy_iteration(
         world, args.truncation, tol=args.tol, max_iterations=args.max_iterations
     )

@@ -1,6 +1,6 @@
 """The tabular part of ``driftlab demo``: the default world solved, and Q-learning learning it.
 
-Writes ``gridworld_optimal.png`` (optimal policy and values, Zhao Fig. 3.4) and
+Writes ``gridworld_optimal.png`` (optimal policy and values, as in Zhao ch. 3) and
 ``q_learning_curve.png``: off-policy Q-learning from a uniformly random behaviour policy, as in
 Zhao ch. 7.4 (100,000 steps, alpha = 0.1), its error to q* against steps, mean and std over 20
 seeds advanced together. Returns a short text summary. Takes about two seconds on one core.
@@ -32,7 +32,7 @@ def run_demo(run_dir: Path, seed: int = 0) -> str:
     vi = value_iteration(world)
     plot_grid(
         world, optimal.values, optimal.policy, path=run_dir / "gridworld_optimal.png",
-        title="Optimal policy and state values (Zhao Fig. 3.4), gamma = 0.9",
+        title="Optimal policy and state values (Zhao ch. 3), gamma = 0.9",
     )  # fmt: skip
 
     learned = q_learning(

@@ -1,7 +1,7 @@
 """Monte Carlo control: MC Basic, MC Exploring Starts, MC epsilon-greedy (Zhao ch. 5).
 
 Monte Carlo learning replaces the model in policy iteration by returns of sampled episodes:
-``q_pi(s, a) = E[G_t | S_t = s, A_t = a]`` (Zhao ch. 5, eq. (5.1)) is estimated by the mean of
+``q_pi(s, a) = E[G_t | S_t = s, A_t = a]`` (Zhao ch. 5.1-5.2) is estimated by the mean of
 observed returns, the incremental mean estimation of :mod:`stochastic_approximation`.
 
 * :func:`mc_basic` is policy iteration with the model-based evaluation swapped for episodes of
@@ -79,7 +79,7 @@ class MonteCarloResult:
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """``G_t = sum_{k >= t} gamma^(k - t) r_{k+1}`` along the last axis (Zhao ch. 5, eq. (5.1)).
+    """``G_t = sum_{k >= t} gamma^(k - t) r_{k+1}`` along the last axis (Zhao ch. 5.2).
 
     Computed backwards as ``G_t = r_{t+1} + gamma G_{t+1}``, the recursion of Algorithm 5.2,
     by a linear filter so every run is done in one call.
@@ -213,7 +213,7 @@ def mc_basic(
 def _epsilon_greedy_sampler(
     greedy_actions: np.ndarray, n_actions: int, epsilon: float, rng: np.random.Generator
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Actions of each run's epsilon-greedy policy (eq. (5.5)), ``greedy_actions[n_runs, S]``.
+    """Actions of each run's epsilon-greedy policy (ch. 5.4), ``greedy_actions[n_runs, S]``.
 
     With probability epsilon a uniform action (possibly the greedy one), else the greedy one.
     """
@@ -391,7 +391,7 @@ def mc_epsilon_greedy(
     """MC epsilon-greedy (Zhao ch. 5.4, Algorithm 5.3), ``n_runs`` runs at once.
 
     Episodes start at ``start`` (default: a random non-terminal state) and follow the
-    epsilon-greedy policy of the current ``q`` (eq. (5.5)); returns are averaged as in
+    epsilon-greedy policy of the current ``q``; returns are averaged as in
     :func:`mc_exploring_starts` (every-visit by default, as in the book). The exact answer is
     the value of the best epsilon-greedy policy (policy iteration over epsilon-greedy
     policies); for small epsilon its greedy policy is optimal.

@@ -1,16 +1,16 @@
 """Model-based planning on the grid world (Zhao ch. 2-4).
 
-With the model known, a policy's state values solve the Bellman equation (Zhao ch. 2,
-eq. (2.9) in matrix form)
+With the model known, a policy's state values solve the Bellman equation (Zhao ch. 2.6,
+matrix-vector form)
 
     v_pi = r_pi + gamma P_pi v_pi,
 
 either in closed form, v_pi = (I - gamma P_pi)^-1 r_pi, or iteratively,
-v_{j+1} = r_pi + gamma P_pi v_j. Action values follow from state values (Zhao ch. 2,
-eq. (2.14)): q(s, a) = r(s, a) + gamma sum_s' p(s'|s, a) v(s').
+v_{j+1} = r_pi + gamma P_pi v_j (ch. 2.7). Action values follow from state values
+(ch. 2.8): q(s, a) = r(s, a) + gamma sum_s' p(s'|s, a) v(s').
 
 Optimal values solve the Bellman optimality equation v = max_pi (r_pi + gamma P_pi v)
-(Zhao ch. 3, eq. (3.2)); value iteration, policy iteration and truncated policy iteration
+(Zhao ch. 3.3); value iteration, policy iteration and truncated policy iteration
 (Zhao ch. 4) find them. Every function here returns a :class:`PlanningResult`.
 
 Terminal states (a target with ``terminal_target=True``) have value 0 by definition; the
@@ -58,7 +58,7 @@ class PlanningResult:
 
 
 def q_from_v(world: GridWorld, v: np.ndarray) -> np.ndarray:
-    """Action values from state values (Zhao ch. 2, eq. (2.14)).
+    """Action values from state values (Zhao ch. 2.8).
 
     ``q(s, a) = r(s, a) + gamma * sum_s' p(s'|s, a) v(s')``; shape ``[n_states, n_actions]``.
     """
@@ -69,7 +69,7 @@ def q_from_v(world: GridWorld, v: np.ndarray) -> np.ndarray:
 
 
 def greedy_policy(q: np.ndarray, tol: float = 1e-9) -> np.ndarray:
-    """The deterministic greedy policy ``pi(s) = argmax_a q(s, a)`` (Zhao ch. 3, eq. (3.4)).
+    """The deterministic greedy policy ``pi(s) = argmax_a q(s, a)`` (Zhao ch. 3.4).
 
     Ties go to the first action within ``tol`` of the maximum, so that round-off in ``q``
     never decides between equally good actions and every method breaks ties the same way.
@@ -84,7 +84,7 @@ def greedy_policy(q: np.ndarray, tol: float = 1e-9) -> np.ndarray:
 
 
 def epsilon_greedy_policy(q: np.ndarray, epsilon: float, tol: float = 1e-9) -> np.ndarray:
-    """The epsilon-greedy policy of ``q`` (Zhao ch. 5, eq. (5.5)).
+    """The epsilon-greedy policy of ``q`` (Zhao ch. 5.4).
 
     The greedy action gets ``1 - epsilon * (|A| - 1) / |A|``, every other ``epsilon / |A|``.
     """
@@ -98,7 +98,7 @@ def _bellman_operator(world: GridWorld, policy: np.ndarray, v: np.ndarray) -> np
 
 
 def _closed_form_values(world: GridWorld, policy: np.ndarray) -> np.ndarray:
-    """``v_pi = (I - gamma P_pi)^-1 r_pi`` (Zhao ch. 2, eq. (2.11)), terminal states at 0."""
+    """``v_pi = (I - gamma P_pi)^-1 r_pi`` (Zhao ch. 2.7.1), terminal states at 0."""
     P_pi, r_pi = world.policy_model(policy)
     live = ~world.terminal
     A = np.eye(int(live.sum())) - world.gamma * P_pi[np.ix_(live, live)]
@@ -122,9 +122,9 @@ def evaluate_policy(
 ) -> PlanningResult:
     """State and action values of ``policy`` (Zhao ch. 2).
 
-    ``method="closed-form"`` solves ``(I - gamma P_pi) v = r_pi`` (eq. (2.11));
+    ``method="closed-form"`` solves ``(I - gamma P_pi) v = r_pi`` (ch. 2.7.1);
     ``method="iterative"`` runs ``v_{j+1} = r_pi + gamma P_pi v_j`` from ``v_0 = 0``
-    (eq. (2.12)) until ``max |v_{j+1} - v_j| < tol``; the error to the exact answer is then
+    (ch. 2.7.2) until ``max |v_{j+1} - v_j| < tol``; the error to the exact answer is then
     below ``gamma / (1 - gamma) * tol``. ``value_history`` holds every ``v_j``.
     """
     policy = world.check_policy(policy)
@@ -176,8 +176,8 @@ def value_iteration(
     """Value iteration (Zhao ch. 4, Algorithm 4.1).
 
     Each iteration updates the policy, ``pi_{k+1} = argmax_pi (r_pi + gamma P_pi v_k)``
-    (eq. (4.2)), then the value, ``v_{k+1} = r_{pi_{k+1}} + gamma P_{pi_{k+1}} v_k``
-    (eq. (4.3)), i.e. ``v_{k+1}(s) = max_a q_k(s, a)``. Starts at ``v0`` (zeros by default)
+    (policy update), then the value, ``v_{k+1} = r_{pi_{k+1}} + gamma P_{pi_{k+1}} v_k``
+    (value update), i.e. ``v_{k+1}(s) = max_a q_k(s, a)``. Starts at ``v0`` (zeros by default)
     and stops when ``max |v_{k+1} - v_k| < tol``. ``policy_history[k]`` is the greedy policy
     of ``v_k``; ``values`` is the last ``v_k``.
     """
@@ -242,15 +242,15 @@ def policy_iteration(
 ) -> PlanningResult:
     """Policy iteration (Zhao ch. 4, Algorithm 4.2).
 
-    Policy evaluation solves ``v_{pi_k} = r_{pi_k} + gamma P_{pi_k} v_{pi_k}`` (eq. (4.4))
+    Policy evaluation solves ``v_{pi_k} = r_{pi_k} + gamma P_{pi_k} v_{pi_k}``
     by ``evaluation`` (``"closed-form"`` or ``"iterative"``), then policy improvement takes
-    ``pi_{k+1} = greedy(q_{pi_k})`` (eq. (4.5)); it stops when the policy no longer changes.
+    ``pi_{k+1} = greedy(q_{pi_k})`` ; it stops when the policy no longer changes.
     The default ``pi_0`` is the greedy policy of ``v = 0``, the same start as value iteration
     (for gamma = 1 the uniform policy, which reaches the terminal target from every state).
     ``value_history[k]`` is ``v_{pi_k}``.
 
     With ``epsilon > 0`` the improvement step takes the epsilon-greedy policy of ``q_{pi_k}``
-    instead (eq. (5.5)); the policy improvement theorem holds within epsilon-greedy policies
+    instead (ch. 5.4); the policy improvement theorem holds within epsilon-greedy policies
     (Zhao ch. 5.4), so this finds the best epsilon-greedy policy, the answer MC
     epsilon-greedy estimates.
     """

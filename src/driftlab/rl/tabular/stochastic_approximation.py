@@ -5,8 +5,8 @@ an expectation from samples, one sample at a time. The two pieces here are the f
 
 * incremental mean estimation, ``w_{k+1} = w_k - alpha_k (w_k - x_k)`` (Zhao ch. 6.1,
   eq. (6.4)); with ``alpha_k = 1/k`` it is exactly the sample mean of ``x_1..x_k``;
-* the Robbins-Monro algorithm, ``w_{k+1} = w_k - a_k g~(w_k, eta_k)`` (Zhao ch. 6.2,
-  eq. (6.5)), which finds the root of ``g(w) = 0`` from noisy observations
+* the Robbins-Monro algorithm, ``w_{k+1} = w_k - a_k g~(w_k, eta_k)`` (Zhao ch. 6.2),
+  which finds the root of ``g(w) = 0`` from noisy observations
   ``g~(w, eta) = g(w) + eta``. It converges when ``sum a_k = inf`` and
   ``sum a_k^2 < inf`` (Theorem 6.1), e.g. ``a_k = 1/k``.
 
@@ -73,7 +73,7 @@ def robbins_monro(
     n_runs: int = 1,
     seed: int | None = 0,
 ) -> np.ndarray:
-    """The Robbins-Monro algorithm (Zhao ch. 6.2, eq. (6.5)) on ``n_runs`` runs at once.
+    """The Robbins-Monro algorithm (Zhao ch. 6.2) on ``n_runs`` runs at once.
 
     Iterates ``w_{k+1} = w_k - a_k (g(w_k) + eta_k)`` with ``eta_k ~ N(0, noise_std^2)``
     independent per run and step. ``g`` maps a ``[n_runs]`` array to ``[n_runs]``; it must be
