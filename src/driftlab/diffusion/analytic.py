@@ -50,6 +50,7 @@ class GaussianMixture:
         if (stds <= 0).any():
             raise ConfigError("stds must all be > 0")
         self.stds = stds.contiguous()
+        self.isotropic = bool((stds == stds[:, :1]).all())
         weights = torch.full((K,), 1.0 / K) if weights is None else weights
         weights = torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
@@ -73,7 +74,7 @@ class GaussianMixture:
             )
         return flat
 
-    def _sigma(self, sigma: torch.Tensor | float, batch: int) -> torch.Tensor:
+    def _sigma(self, batch: int, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         if (sigma < 0).any():
             raise ConfigError("sigma must be >= 0")
@@ -81,39 +82,49 @@ class GaussianMixture:
             sigma = sigma.expand(batch)
         if sigma.shape != (batch,):
             raise ConfigError(f"sigma must be a scalar or of shape [{batch}], got {sigma.shape}")
-        return sigma[:, None, None]
+        return sigma
 
-    def _components(
+    def _posterior(
         self, x: torch.Tensor, sigma: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-component log-likelihood terms ``[B, K]``, variances and residuals ``[B, K, d]``."""
-        var = self.stds**2 + self._sigma(sigma, x.shape[0]) ** 2
-        diff = x[:, None, :] - self.means
-        log_norm = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
-        return torch.log(self.weights) + log_norm, var, diff
+        """Log joint terms ``log w_k + log N(x; mu_k, var_k)`` ``[B, K]``, the responsibilities
+        ``r`` ``[B, K]`` and the shrinkage ``std_k^2 / var_k`` (``[B, K]`` when isotropic,
+        else ``[B, K, d]``)."""
+        sig2 = self._sigma(x.shape[0], sigma) ** 2
+        if self.isotropic:  # one std per component across dimensions: the fast path
+            # Squared distances through one matmul: ||x||^2 - 2 x.mu + ||mu||^2, so no
+            # [B, K, d] tensor is formed (this is the samplers' hot path).
+            std2 = self.stds[:, 0] ** 2
+            var = std2 + sig2[:, None]
+            dist2 = (
+                (x**2).sum(1, keepdim=True) - 2 * x @ self.means.T + (self.means**2).sum(1)
+            ).clamp_min(0)
+            log_det = self.dim * torch.log(2 * math.pi * var)
+            shrink = std2 / var
+        else:
+            var = self.stds**2 + sig2[:, None, None]
+            dist2 = None
+            quad = ((x[:, None, :] - self.means) ** 2 / var).sum(-1)
+            log_terms = torch.log(self.weights) - 0.5 * (
+                quad + torch.log(2 * math.pi * var).sum(-1)
+            )
+            return log_terms, torch.softmax(log_terms, dim=1), self.stds**2 / var
+        log_terms = torch.log(self.weights) - 0.5 * (dist2 / var + log_det)
+        return log_terms, torch.softmax(log_terms, dim=1), shrink
 
     # ----- the oracle ----------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
         """``log p(x; sigma)``, summed over dimensions, shape ``[batch]``."""
-        flat = self._flat(x)
-        log_terms, _, _ = self._components(flat, sigma)
+        log_terms, _, _ = self._posterior(self._flat(x), sigma)
         return torch.logsumexp(log_terms, dim=1).to(x.dtype)
 
     def responsibilities(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
         """Posterior component probabilities ``p(k | x; sigma)``, shape ``[batch, K]``."""
-        log_terms, _, _ = self._components(self._flat(x), sigma)
-        return torch.softmax(log_terms, dim=1)
+        return self._posterior(self._flat(x), sigma)[1]
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Most probable component of each sample, shape ``[batch]``."""
         return self.responsibilities(x).argmax(dim=1)
-
-    def score(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """``grad_x log p(x; sigma) = sum_k r_k (mu_k - x) / (std_k^2 + sigma^2)``."""
-        flat = self._flat(x)
-        log_terms, var, diff = self._components(flat, sigma)
-        r = torch.softmax(log_terms, dim=1)[..., None]
-        return (-(r * diff / var).sum(1)).reshape(x.shape).to(x.dtype)
 
     def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """The ideal denoiser ``E[x0 | x; sigma] = x + sigma^2 score`` (Tweedie).
@@ -122,12 +133,30 @@ class GaussianMixture:
         per-component posterior means, which stays accurate at very large sigma.
         """
         flat = self._flat(x)
-        log_terms, var, diff = self._components(flat, sigma)
-        r = torch.softmax(log_terms, dim=1)[..., None]
-        posterior_means = self.means + self.stds**2 / var * diff
-        return (r * posterior_means).sum(1).reshape(x.shape).to(x.dtype)
+        _, r, shrink = self._posterior(flat, sigma)
+        if shrink.ndim == 2:
+            rc = r * shrink
+            out = (r - rc) @ self.means + rc.sum(1, keepdim=True) * flat
+        else:
+            posterior_means = self.means + shrink * (flat[:, None, :] - self.means)
+            out = (r[..., None] * posterior_means).sum(1)
+        return out.reshape(x.shape).to(x.dtype)
 
     __call__ = denoiser
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """``grad_x log p(x; sigma) = sum_k r_k (mu_k - x) / (std_k^2 + sigma^2)``."""
+        flat = self._flat(x)
+        _, r, shrink = self._posterior(flat, sigma)
+        # (mu_k - x) / var_k = (mu_k - x) (1 - shrink_k) / sigma^2 fails at sigma = 0, so use
+        # 1 / var_k = shrink_k / std_k^2 instead.
+        inv_var = shrink / (self.stds[:, 0] ** 2 if shrink.ndim == 2 else self.stds**2)
+        if shrink.ndim == 2:
+            w = r * inv_var
+            out = w @ self.means - w.sum(1, keepdim=True) * flat
+        else:
+            out = (r[..., None] * inv_var * (self.means - flat[:, None, :])).sum(1)
+        return out.reshape(x.shape).to(x.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact samples from the mixture (sigma = 0), float64 ``[n, d]``."""

@@ -1,0 +1,138 @@
+"""Preconditioning and prediction types: every (formulation, prediction) network is a denoiser."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from driftlab.diffusion import (
+    PREDICTIONS,
+    Denoiser,
+    GaussianMixture,
+    from_denoised,
+    get_formulation,
+    get_preconditioning,
+    prediction_preconditioning,
+    sample,
+    to_denoised,
+)
+from driftlab.diffusion.denoisers import prediction_coefficients
+
+GM = GaussianMixture.ring(std=0.3)
+
+
+def _true_outputs(x0, eps, sigma, s):
+    """Each prediction type's exact target for x_hat = x0 + sigma eps."""
+    alpha = 1 / math.sqrt(1 + sigma**2)
+    return {
+        "x0": x0,
+        "eps": eps,
+        "velocity": eps - x0,
+        "v": alpha * eps - sigma * alpha * x0,
+        "score": -eps / (sigma * s),  # grad of log N(x_t; s x0, s^2 sigma^2) at x_t
+    }
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_every_prediction_maps_to_x0(prediction):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    sigma, s = 0.7, 0.8
+    x_hat = x0 + sigma * eps
+    out = _true_outputs(x0, eps, sigma, s)[prediction]
+    torch.testing.assert_close(to_denoised(prediction, out, x_hat, sigma, scale=s), x0)
+    torch.testing.assert_close(from_denoised(prediction, x0, x_hat, sigma, scale=s), out)
+
+
+def test_edm_preconditioning_by_hand():
+    p = get_preconditioning("edm", sigma_data=0.5)
+    sigma = torch.tensor([0.5], dtype=torch.float64)
+    assert float(p.c_skip(sigma)) == pytest.approx(0.5)
+    assert float(p.c_out(sigma)) == pytest.approx(0.25 / math.sqrt(0.5))
+    assert float(p.c_in(sigma)) == pytest.approx(1 / math.sqrt(0.5))
+    assert float(p.c_noise(sigma)) == pytest.approx(0.25 * math.log(0.5))
+    vp = get_preconditioning("vp")
+    assert float(vp.c_noise(torch.tensor([float(get_formulation("vp").sigma(0.5))]))) == (
+        pytest.approx(999 * 0.5)
+    )
+
+
+class OracleNet(nn.Module):
+    """A 'network' that inverts its own preconditioning to return the exact target
+    (EDM eq. 8) of the Gaussian mixture: a trained network's ideal."""
+
+    def __init__(self, precond, sigma_of_noise):
+        super().__init__()
+        self.precond = precond
+        self.sigma_of_noise = sigma_of_noise
+        self.dummy = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x_in, c_noise):
+        sigma = self.sigma_of_noise(c_noise)
+        x_hat = x_in / self.precond.c_in(sigma)[:, None]
+        target, _ = Denoiser(nn.Identity(), self.precond).training_target(
+            GM.denoiser(x_hat, sigma), x_hat, sigma
+        )
+        return target
+
+
+def _cases():
+    vp = get_formulation("vp")
+    yield "edm", get_preconditioning("edm"), lambda c: torch.exp(4 * c)
+    yield "vp", get_preconditioning("vp"), lambda c: vp.sigma(c / 999)
+    yield "ve", get_preconditioning("ve"), lambda c: 2 * torch.exp(c)
+    yield "fm", get_preconditioning("fm"), lambda c: c / (1 - c)
+    for name in ("vp", "fm", "edm"):
+        f = get_formulation(name)
+        for prediction in PREDICTIONS:
+            yield (
+                f"{name}-{prediction}",
+                prediction_preconditioning(f, prediction),
+                f.sigma,
+            )
+
+
+@pytest.mark.parametrize(("label", "precond", "sigma_of_noise"), list(_cases()))
+def test_wrapped_network_is_the_exact_denoiser(label, precond, sigma_of_noise):
+    denoiser = Denoiser(OracleNet(precond, sigma_of_noise), precond)
+    x = 3 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sigma = torch.logspace(-2, 1.5, 64, dtype=torch.float64)
+    torch.testing.assert_close(denoiser(x, sigma), GM.denoiser(x, sigma), rtol=1e-9, atol=1e-9)
+
+
+def test_network_of_one_formulation_sampled_in_another():
+    """An FM velocity network, sampled with Heun in EDM coordinates and with DDIM in VP
+    coordinates, gives what sampling the oracle itself gives."""
+    fm = get_formulation("fm")
+    precond = prediction_preconditioning(fm, "velocity")
+    denoiser = Denoiser(OracleNet(precond, fm.sigma), precond)
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for formulation, sampler in (("edm", "heun"), ("vp", "ddim")):
+        got = sample(denoiser, noise, formulation, sampler, steps=12)
+        want = sample(GM, noise, formulation, sampler, steps=12)
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-7)
+
+
+def test_float32_network_keeps_caller_dtype():
+    net = nn.Linear(3, 2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = net
+
+        def forward(self, x, c_noise):
+            return self.lin(torch.cat([x, c_noise[:, None]], 1))
+
+    d = Denoiser(Net(), "edm")
+    out = d(torch.zeros(4, 2, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.shape == (4, 2)
+
+
+def test_prediction_coefficients_reject_unknown():
+    from driftlab.core import ConfigError
+
+    with pytest.raises(ConfigError, match="prediction must be one of"):
+        prediction_coefficients("noise", torch.ones(1))
