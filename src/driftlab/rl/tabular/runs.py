@@ -95,6 +95,52 @@ def sample_actions(uniforms: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
     return (uniforms[:, None] < cumulative).argmax(axis=1)
 
 
+class ActingPolicy:
+    """The policy that picks actions: fixed (evaluation) or epsilon-greedy in q (control).
+
+    It works from each run's greedy action at its state (``greedy[n_runs]``), which the loop
+    computes once per step and Q-learning's target reuses.
+    """
+
+    def __init__(
+        self, world: GridWorld, policy: np.ndarray | None, epsilon: Exploration, n_runs: int
+    ) -> None:
+        self.fixed = None if policy is None else world.check_policy(policy)
+        if self.fixed is not None:
+            self.cumulative = cumulative_policy(self.fixed)
+        self.schedule = epsilon
+        self.epsilon = exploration_at(epsilon, 0)
+        self.n_actions = world.n_actions
+        self.runs = np.arange(n_runs)
+
+    def begin_episode(self, episode: int, rng: np.random.Generator, draws: int) -> None:
+        """Draw the episode's uniforms at once (``[draws, n_runs]``), not one call per step."""
+        self.epsilon = exploration_at(self.schedule, episode)
+        self.uniforms = rng.random((draws, self.runs.size))
+        if self.fixed is None and self.epsilon > 0.0:
+            # explore when u < epsilon; then u / epsilon is uniform on [0, 1) and picks the
+            # random action, so one draw decides both.
+            self.explore = self.uniforms < self.epsilon
+            scaled = (self.uniforms * (self.n_actions / self.epsilon)).astype(np.int64)
+            self.random_actions = np.minimum(scaled, self.n_actions - 1)
+
+    def probs(self, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """``pi(. | s)`` of each run, ``[n_runs, A]`` (epsilon-greedy as in Zhao ch. 5.4)."""
+        if self.fixed is not None:
+            return self.fixed[states]
+        probs = np.full((self.runs.size, self.n_actions), self.epsilon / self.n_actions)
+        probs[self.runs, greedy] += 1.0 - self.epsilon
+        return probs
+
+    def sample(self, draw: int, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """One action per run from the episode's ``draw``-th uniforms."""
+        if self.fixed is not None:
+            return sample_actions(self.uniforms[draw], self.cumulative[states])
+        if self.epsilon == 0.0:
+            return greedy
+        return np.where(self.explore[draw], self.random_actions[draw], greedy)
+
+
 def start_states(
     world: GridWorld, rng: np.random.Generator, n_runs: int, start: str | int | None
 ) -> np.ndarray:

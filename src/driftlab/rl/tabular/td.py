@@ -31,13 +31,13 @@ from driftlab.core.config import check_int
 from driftlab.rl.tabular.gridworld import GridWorld
 from driftlab.rl.tabular.planning import greedy_policy
 from driftlab.rl.tabular.runs import (
+    ActingPolicy,
     Exploration,
     StepSize,
     check_reference,
     check_runs,
     check_step_size,
     cumulative_policy,
-    exploration_at,
     rmse,
     sample_actions,
     start_states,
@@ -112,7 +112,9 @@ class _Runs:
         states = start_states(self.world, self.rng, self.n_runs, self.start)
         return states, ~self.world.terminal[states]
 
-    def first_actions(self, acting: _Acting, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
+    def first_actions(
+        self, acting: ActingPolicy, greedy: np.ndarray, states: np.ndarray
+    ) -> np.ndarray:
         """First action of each run: from the acting policy, or uniform under exploring starts.
 
         Exploring starts (Zhao ch. 5.3) make every state-action pair a possible first pair,
@@ -216,60 +218,14 @@ def td0(
 
 
 # ----- one-step action-value learners ----------------------------------------------------------
-class _Acting:
-    """The policy that picks actions: fixed (evaluation) or epsilon-greedy in q (control).
-
-    It works from each run's greedy action at its state (``greedy[n_runs]``), which the loop
-    computes once per step and Q-learning's target reuses.
-    """
-
-    def __init__(
-        self, world: GridWorld, policy: np.ndarray | None, epsilon: Exploration, n_runs: int
-    ) -> None:
-        self.fixed = None if policy is None else world.check_policy(policy)
-        if self.fixed is not None:
-            self.cumulative = cumulative_policy(self.fixed)
-        self.schedule = epsilon
-        self.epsilon = exploration_at(epsilon, 0)
-        self.n_actions = world.n_actions
-        self.runs = np.arange(n_runs)
-
-    def begin_episode(self, episode: int, rng: np.random.Generator, draws: int) -> None:
-        """Draw the episode's uniforms at once (``[draws, n_runs]``), not one call per step."""
-        self.epsilon = exploration_at(self.schedule, episode)
-        self.uniforms = rng.random((draws, self.runs.size))
-        if self.fixed is None and self.epsilon > 0.0:
-            # explore when u < epsilon; then u / epsilon is uniform on [0, 1) and picks the
-            # random action, so one draw decides both.
-            self.explore = self.uniforms < self.epsilon
-            scaled = (self.uniforms * (self.n_actions / self.epsilon)).astype(np.int64)
-            self.random_actions = np.minimum(scaled, self.n_actions - 1)
-
-    def probs(self, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
-        """``pi(. | s)`` of each run, ``[n_runs, A]`` (epsilon-greedy as in Zhao ch. 5.4)."""
-        if self.fixed is not None:
-            return self.fixed[states]
-        probs = np.full((self.runs.size, self.n_actions), self.epsilon / self.n_actions)
-        probs[self.runs, greedy] += 1.0 - self.epsilon
-        return probs
-
-    def sample(self, draw: int, greedy: np.ndarray, states: np.ndarray) -> np.ndarray:
-        """One action per run from the episode's ``draw``-th uniforms."""
-        if self.fixed is not None:
-            return sample_actions(self.uniforms[draw], self.cumulative[states])
-        if self.epsilon == 0.0:
-            return greedy
-        return np.where(self.explore[draw], self.random_actions[draw], greedy)
-
-
 # The bootstrap maps (q rows at s_{t+1}, a_{t+1}, greedy actions at s_{t+1}, the acting
 # policy, s_{t+1}) to the value that the target discounts, [n_runs].
-Bootstrap = Callable[[np.ndarray, np.ndarray, np.ndarray, _Acting, np.ndarray], np.ndarray]
+Bootstrap = Callable[[np.ndarray, np.ndarray, np.ndarray, ActingPolicy, np.ndarray], np.ndarray]
 
 
 def _learn_q(
     world: GridWorld,
-    acting: _Acting,
+    acting: ActingPolicy,
     bootstrap: Bootstrap,
     alpha: StepSize,
     episodes: int,
@@ -333,17 +289,17 @@ def _learn_q(
     )
 
 
-def _sampled_next(q, actions, greedy, acting: _Acting, states) -> np.ndarray:
+def _sampled_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarray:
     """Sarsa: q(s_{t+1}, a_{t+1}) of the sampled next action."""
     return q[acting.runs, actions]
 
 
-def _expected_next(q, actions, greedy, acting: _Acting, states) -> np.ndarray:
+def _expected_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarray:
     """Expected Sarsa: sum_a pi(a | s_{t+1}) q(s_{t+1}, a)."""
     return (q * acting.probs(greedy, states)).sum(axis=1)
 
 
-def _max_next(q, actions, greedy, acting: _Acting, states) -> np.ndarray:
+def _max_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarray:
     """Q-learning: max_a q(s_{t+1}, a), read at the greedy action (a gather is several times
     faster than a max-reduction along a short axis)."""
     return q[acting.runs, greedy]
@@ -370,7 +326,7 @@ def sarsa(
     """
     return _learn_q(
         world,
-        _Acting(world, policy, epsilon, n_runs),
+        ActingPolicy(world, policy, epsilon, n_runs),
         _sampled_next,
         alpha,
         episodes,
@@ -403,7 +359,7 @@ def expected_sarsa(
     """
     return _learn_q(
         world,
-        _Acting(world, policy, epsilon, n_runs),
+        ActingPolicy(world, policy, epsilon, n_runs),
         _expected_next,
         alpha,
         episodes,
@@ -437,7 +393,7 @@ def q_learning(
     """
     return _learn_q(
         world,
-        _Acting(world, behavior_policy, epsilon, n_runs),
+        ActingPolicy(world, behavior_policy, epsilon, n_runs),
         _max_next,
         alpha,
         episodes,
@@ -472,7 +428,7 @@ def nstep_sarsa(
     ``n = 1`` is Sarsa; ``policy`` / ``epsilon`` as in :func:`sarsa`.
     """
     check_int("n", n, minimum=1)
-    acting = _Acting(world, policy, epsilon, n_runs)
+    acting = ActingPolicy(world, policy, epsilon, n_runs)
     gamma = world.gamma
     book = _Runs(
         world,
