@@ -103,6 +103,7 @@ def test_mc_basic_matches_value_iteration_from_the_cli(tmp_path: Path, capsys) -
         ("nstep-sarsa", ["--episodes", "20", "--runs", "3", "--n", "2"]),
         ("q-learning", ["--episodes", "5", "--runs", "3"]),
         ("q-learning", ["--episodes", "20", "--runs", "3", "--behavior", "epsilon-greedy"]),
+        ("td-linear", ["--episodes", "5", "--episode-length", "50", "--features", "fourier"]),
     ],
 )
 def test_every_method_runs_and_writes_pictures(tmp_path: Path, capsys, method, extra) -> None:

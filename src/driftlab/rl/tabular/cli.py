@@ -402,6 +402,33 @@ def run_q_learning(world: GridWorld, args: argparse.Namespace) -> Outcome:
     return _td_outcome(world, result, f"Q-learning ({mode})", "q*")
 
 
+def linear_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("linear function approximation")
+    group.add_argument(
+        "--features", default="polynomial", choices=("polynomial", "fourier", "onehot"),
+        help="state features phi(s) of the normalised cell coordinates",
+    )  # fmt: skip
+    group.add_argument("--order", type=int, default=1, help="order of the features")
+    group.add_argument("--alpha", type=float, default=0.0005, help="constant step size")
+    group.add_argument(
+        "--policy", default="uniform", choices=("uniform", "optimal"),
+        help="the policy whose values are learned",
+    )  # fmt: skip
+
+
+def run_td_linear(world: GridWorld, args: argparse.Namespace) -> Outcome:
+    from driftlab.rl.tabular.linear import td_linear
+
+    policy = world.uniform_policy() if args.policy == "uniform" else policy_iteration(world).policy
+    v_pi = evaluate_policy(world, policy).values
+    result = td_linear(
+        world, policy, features=args.features, order=args.order, reference=v_pi,
+        **_td_budget(args),
+    )  # fmt: skip
+    name = f"TD-linear, {args.features} features of order {args.order}, {args.policy} policy"
+    return _td_outcome(world, result, name, "v_pi")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "value-iteration", "value iteration (Zhao ch. 4.1)", (planning_options,),
@@ -446,6 +473,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "q-learning", "Q-learning (Zhao ch. 7.4)",
         (learner_options(100, 1000, 20), td_options(True, behavior=True)), run_q_learning,
+    ),
+    Command(
+        "td-linear", "TD with linear function approximation (Zhao ch. 8.2)",
+        (learner_options(500, 500, 20), linear_options), run_td_linear,
     ),
 )  # fmt: skip
 
