@@ -15,7 +15,15 @@ from driftlab.core.config import ConfigError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show every option's default in ``--help`` and keep descriptions as written."""
+    """Show every option's default in ``--help`` and keep descriptions as written.
+
+    Options whose default is ``None`` say what ``None`` means in their own help text.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,13 @@ class RunDir:
         *,
         resume: bool = False,
         overwrite: bool = False,
+        resumable: bool = True,
     ) -> RunDir:
+        """Create (or, with ``resume``, reopen) the run directory at ``path``.
+
+        ``resumable=False`` is for jobs that cannot be resumed: the error for an existing
+        directory then only offers ``--overwrite``.
+        """
         if resume and overwrite:
             raise ConfigError("choose at most one of resume and overwrite, got both")
         path = Path(path)
@@ -50,9 +56,9 @@ class RunDir:
             raise ConfigError(f"run directory {str(path)!r} exists and is not a directory")
         exists = path.exists() and any(path.iterdir())
         if exists and not (resume or overwrite):
+            hint = "pass --resume to continue it or " if resumable else "pass "
             raise ConfigError(
-                f"run directory {str(path)!r} already exists; pass --resume to continue it "
-                "or --overwrite to replace it"
+                f"run directory {str(path)!r} already exists; {hint}--overwrite to replace it"
             )
         if resume and not (path / "config.json").exists():
             raise ConfigError(f"cannot resume {str(path)!r}: it has no config.json")

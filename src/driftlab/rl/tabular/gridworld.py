@@ -17,6 +17,7 @@ against the exact solution of the Bellman equation.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -53,7 +54,7 @@ class GridWorld(gym.Env):
         terminal: ``[n_states]`` bool array (only the target, and only if ``terminal_target``).
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(
         self,
@@ -171,9 +172,7 @@ class GridWorld(gym.Env):
         return nxt, self.reward[states, actions], self.terminal[nxt]
 
     # ----- Gymnasium interface -------------------------------------------------------------
-    def reset(
-        self, *, seed: int | None = None, options: dict | None = None
-    ) -> tuple[int, dict]:
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[int, dict]:
         """Start at ``options["state"]``, else the configured start, else a random state."""
         super().reset(seed=seed)
         if options and "state" in options:

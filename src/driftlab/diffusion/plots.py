@@ -1,0 +1,72 @@
+"""Pictures of 2-D samples and ODE trajectories (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+
+def plot_sample_grid(
+    panels: dict[str, torch.Tensor],
+    path: str | Path,
+    reference: torch.Tensor | None = None,
+    limit: float = 3.5,
+    columns: int = 4,
+) -> Path:
+    """One scatter panel per entry of ``panels`` (title -> ``[n, 2]`` points), after a first
+    panel of the ``reference`` data when given."""
+    if reference is not None:
+        panels = {"data (exact samples)": reference, **panels}
+    n = len(panels)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (title, points) in zip(axes.flat, panels.items(), strict=False):
+        pts = points.detach().cpu().numpy()
+        color = "0.3" if title == "data (exact samples)" else "tab:blue"
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, c=color, alpha=0.5, linewidths=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_trajectories(
+    trajectories: dict[str, torch.Tensor],
+    path: str | Path,
+    limit: float = 3.5,
+) -> Path:
+    """Paths of the state through the plane, one panel per entry
+    (title -> ``[steps + 1, n, 2]``); starts are hollow grey circles, ends black dots."""
+    n = len(trajectories)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+    for ax, (title, traj) in zip(axes.flat, trajectories.items(), strict=False):
+        paths = traj.detach().cpu().numpy()
+        for i in range(paths.shape[1]):
+            ax.plot(paths[:, i, 0], paths[:, i, 1], lw=0.6, alpha=0.6)
+        ax.scatter(paths[0, :, 0], paths[0, :, 1], s=10, facecolors="none", edgecolors="0.5")
+        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=6, c="k", zorder=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
