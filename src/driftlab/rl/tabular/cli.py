@@ -64,6 +64,7 @@ class Command:
     help: str
     options: tuple[Callable[[argparse.ArgumentParser], None], ...]
     run: Callable[[GridWorld, argparse.Namespace], Outcome]
+    world_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 # ----- option groups -----------------------------------------------------------------------------
@@ -429,6 +430,113 @@ def run_td_linear(world: GridWorld, args: argparse.Namespace) -> Outcome:
     return _td_outcome(world, result, name, "v_pi")
 
 
+def dqn_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("deep Q-learning")
+    group.add_argument(
+        "--transitions", type=int, default=3000, help="uniform-behaviour steps in each replay"
+    )
+    group.add_argument("--iterations", type=int, default=2000, help="gradient steps")
+    group.add_argument("--batch-size", type=int, default=100, help="minibatch size")
+    group.add_argument(
+        "--target-update", type=int, default=20, help="iterations between target-network copies"
+    )
+    group.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    group.add_argument("--hidden", type=int, default=64, help="width of the two hidden layers")
+    group.add_argument(
+        "--inputs", default="onehot", choices=("onehot", "coordinates"),
+        help="network input: one-hot state or normalised (column, row)",
+    )  # fmt: skip
+    group.add_argument("--runs", type=int, default=5, help="independent runs trained together")
+    group.add_argument(
+        "--eval-every", type=int, default=100, help="iterations between points of the curve"
+    )
+
+
+def run_dqn_grid(world: GridWorld, args: argparse.Namespace) -> Outcome:
+    from driftlab.rl.tabular.dqn_grid import dqn_grid
+
+    optimal = policy_iteration(world)
+    result = dqn_grid(
+        world, transitions=args.transitions, iterations=args.iterations,
+        batch_size=args.batch_size, target_update=args.target_update, lr=args.lr,
+        hidden=args.hidden, inputs=args.inputs, n_runs=args.runs, seed=args.seed,
+        reference=optimal.q_values, eval_every=args.eval_every,
+    )  # fmt: skip
+    errors, final = result.errors, result.errors[-1]
+    name = f"deep Q-learning ({args.inputs} input)"
+    return Outcome(
+        values=result.q_values.max(axis=2).mean(axis=0),
+        policy=result.policy[0],
+        lines=[
+            f"{name}: {final.shape[0]} runs x {args.iterations} iterations; RMS error to q* "
+            f"{final.mean():.4f} +- {final.std():.4f} (worst {final.max():.4f})",
+            f"greedy policy optimal in every state in "
+            f"{_optimal_runs(world, result.policy)}/{final.shape[0]} runs",
+        ],
+        curves={name: (result.eval_iterations, errors.mean(axis=1), errors.std(axis=1))},
+        x_label="iterations",
+        y_label="q error (RMS over state-action pairs)",
+        log_y=True,
+    )
+
+
+def policy_gradient_options(critic: bool) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("policy gradient")
+        if critic:
+            group.add_argument("--alpha-theta", type=float, default=0.05, help="actor step")
+            group.add_argument("--alpha-w", type=float, default=0.1, help="critic step")
+        else:
+            group.add_argument("--alpha", type=float, default=0.05, help="policy step size")
+            group.add_argument(
+                "--baseline", type=float, default=None,
+                help="step of the running-mean baseline b(s) (default: none, plain REINFORCE)",
+            )  # fmt: skip
+
+    return add
+
+
+def _policy_gradient_outcome(world: GridWorld, result: Any, name: str) -> Outcome:
+    from driftlab.rl.tabular.policy_gradient import policy_values
+
+    errors, final = result.errors, result.errors[-1]
+    return Outcome(
+        values=policy_values(world, result.policy).mean(axis=0),
+        policy=result.policy[0],
+        lines=[
+            f"{name}: {final.shape[0]} runs x {result.episode_returns.shape[0]} episodes; "
+            f"RMS error of v_pi to v* {final.mean():.4f} +- {final.std():.4f}",
+            f"mean episode length over the last 10% of episodes "
+            f"{result.episode_lengths[-max(1, len(result.episode_lengths) // 10) :].mean():.2f}",
+        ],
+        curves={name: (result.eval_episodes, errors.mean(axis=1), errors.std(axis=1))},
+        y_label="RMS error of v_pi to v*",
+    )
+
+
+def run_reinforce_grid(world: GridWorld, args: argparse.Namespace) -> Outcome:
+    from driftlab.rl.tabular.policy_gradient import reinforce
+
+    result = reinforce(
+        world, alpha=args.alpha, baseline=args.baseline, episodes=args.episodes,
+        episode_length=args.episode_length, n_runs=args.runs, seed=args.seed,
+        reference=policy_iteration(world).values, eval_every=args.eval_every,
+    )  # fmt: skip
+    label = "REINFORCE" if args.baseline is None else "REINFORCE with baseline"
+    return _policy_gradient_outcome(world, result, label)
+
+
+def run_qac_grid(world: GridWorld, args: argparse.Namespace) -> Outcome:
+    from driftlab.rl.tabular.policy_gradient import qac
+
+    result = qac(
+        world, alpha_theta=args.alpha_theta, alpha_w=args.alpha_w, episodes=args.episodes,
+        episode_length=args.episode_length, n_runs=args.runs, seed=args.seed,
+        reference=policy_iteration(world).values, eval_every=args.eval_every,
+    )  # fmt: skip
+    return _policy_gradient_outcome(world, result, "QAC")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "value-iteration", "value iteration (Zhao ch. 4.1)", (planning_options,),
@@ -477,6 +585,19 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "td-linear", "TD with linear function approximation (Zhao ch. 8.2)",
         (learner_options(500, 500, 20), linear_options), run_td_linear,
+    ),
+    Command(
+        "dqn-grid", "deep Q-learning from uniform replay data (Zhao ch. 8.4)", (dqn_options,),
+        run_dqn_grid,
+    ),
+    Command(
+        "reinforce-grid", "REINFORCE, tabular softmax policy (Zhao ch. 9.4)",
+        (learner_options(2000, 50, 20), policy_gradient_options(critic=False)),
+        run_reinforce_grid,
+    ),
+    Command(
+        "qac-grid", "QAC actor-critic, tabular softmax policy (Zhao ch. 10.1)",
+        (learner_options(2000, 50, 20), policy_gradient_options(critic=True)), run_qac_grid,
     ),
 )  # fmt: skip
 
@@ -583,4 +704,5 @@ def add_parser(verbs: argparse._SubParsersAction, formatter: type) -> None:
         for add in command.options:
             add(parser)
         run_options(parser, command.name)
+        parser.set_defaults(**command.world_defaults)
         parser.set_defaults(handler=lambda args, command=command: print(run_command(command, args)))
