@@ -210,7 +210,49 @@ class Denoiser(nn.Module):
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         dtype = self._net_dtype()
         raw = self.net((_expand_like(c_in, x) * x).to(dtype), c_noise.to(dtype), **cond)
-        return _expand_like(c_skip, x) * x + _expand_like(c_out, x) * raw.to(x.dtype)
+        # addcmul promotes the network's output to x's dtype inside the kernel.
+        return torch.addcmul(_expand_like(c_skip, x) * x, _expand_like(c_out, x), raw)
+
+    def at_levels(
+        self, sigmas: torch.Tensor, like: torch.Tensor
+    ) -> list[Callable[..., torch.Tensor]]:
+        """One denoiser ``D_i(x_hat, **cond)`` per noise level ``sigmas[i]`` (a 1-D tensor) for
+        inputs shaped and typed like ``like``, equal to ``self(x_hat, sigma_i)``.
+
+        The preconditioning of the whole grid is computed here in one go, so that a sampler's
+        step costs the network call and three small tensor ops, as diffusers' schedulers
+        precompute their timesteps in ``set_timesteps``. Samplers use this when it exists.
+        """
+        sigmas = sigmas.to(like.dtype)
+        shape = (len(sigmas), like.shape[0])  # [levels, batch]
+        extra = (1,) * (like.ndim - 1)
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigmas)
+        dtype = self._net_dtype()
+
+        def rows(coef: torch.Tensor, to: torch.dtype, trailing: tuple[int, ...]) -> tuple:
+            # [levels] -> one contiguous [batch, *trailing] tensor per level, as forward() uses.
+            coef = torch.broadcast_to(coef.to(to).reshape(-1, 1), shape).contiguous()
+            return coef.reshape(*shape, *trailing).unbind(0)
+
+        # Unit coefficients (c_skip of eps, VE and score models, c_in of VE) cost no op.
+        skip_rows = None if bool((c_skip == 1).all()) else rows(c_skip, like.dtype, extra)
+        in_rows = None if bool((c_in == 1).all()) else rows(c_in, like.dtype, extra)
+        noise_rows = rows(c_noise, dtype, ())
+        out_rows = rows(c_out, like.dtype, extra)
+
+        def level(i: int) -> Callable[..., torch.Tensor]:
+            skip = None if skip_rows is None else skip_rows[i]
+            scale = None if in_rows is None else in_rows[i]
+            c_noise_i, out = noise_rows[i], out_rows[i]
+
+            def denoise(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+                x_in = x if scale is None else scale * x
+                raw = self.net(x_in.to(dtype), c_noise_i, **cond)
+                return torch.addcmul(x if skip is None else skip * x, out, raw)
+
+            return denoise
+
+        return [level(i) for i in range(len(sigmas))]
 
     def training_target(
         self, x0: torch.Tensor, x_hat: torch.Tensor, sigma: torch.Tensor

@@ -16,6 +16,7 @@ The ODE is EDM eq. 4 in the form of EDM Algorithm 1:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,27 +94,47 @@ class _Run:
         self,
         denoiser: DenoiserFn,
         grid: Grid,
-        batch: int,
-        dtype: torch.dtype,
-        device: torch.device,
+        like: torch.Tensor,
         generator: torch.Generator | None,
         record: bool,
         cond: dict[str, Any],
     ) -> None:
         self.denoiser = denoiser
         self.grid = grid
-        self.batch = batch
-        self.dtype = dtype
-        self.device = device
+        self.batch = like.shape[0]
+        self.dtype = like.dtype
+        self.device = like.device
         self.generator = generator
         self.cond = cond
         self.trajectory: list[torch.Tensor] | None = [] if record else None
         self._checked = False
         self.evaluations = 0
+        levels = [sigma for sigma in grid.sigma if sigma > 0]
+        self.levels = dict(zip(levels, self._level_denoisers(levels, like), strict=True))
+
+    def _level_denoisers(
+        self, levels: list[float], like: torch.Tensor
+    ) -> list[Callable[..., torch.Tensor]]:
+        """``D(., sigma_i)`` for every noise level of the grid, made once before the loop so
+        that a step allocates no sigma tensor; a denoiser with ``at_levels(sigmas, like)``
+        (driftlab's :class:`Denoiser`) also precomputes its preconditioning there."""
+        sigmas = torch.tensor(levels, dtype=self.dtype, device=self.device)
+        at_levels = getattr(self.denoiser, "at_levels", None)
+        if at_levels is not None:
+            return at_levels(sigmas, like)
+        rows = sigmas[:, None].expand(-1, self.batch).contiguous().unbind(0)
+        return [functools.partial(self._at, sigma) for sigma in rows]
+
+    def _at(self, sigma: torch.Tensor, x_hat: torch.Tensor, **cond: Any) -> torch.Tensor:
+        return self.denoiser(x_hat, sigma, **cond)
 
     def D(self, x_hat: torch.Tensor, sigma: float) -> torch.Tensor:
-        sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
-        out = self.denoiser(x_hat, sig, **self.cond)
+        level = self.levels.get(sigma)
+        if level is not None:
+            out = level(x_hat, **self.cond)
+        else:  # off the grid: EDM Algorithm 2's raised noise level sigma_hat
+            sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
+            out = self.denoiser(x_hat, sig, **self.cond)
         self.evaluations += 1
         if not self._checked:
             if not isinstance(out, torch.Tensor) or out.shape != x_hat.shape:
@@ -128,10 +149,11 @@ class _Run:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
 
-    def record(self, x: torch.Tensor) -> None:
-        """Record the state in the formulation's coordinates ``x = s(t) x_hat``."""
+    def record(self, x: torch.Tensor, scale: float = 1.0) -> None:
+        """Record the state ``scale * x`` in the formulation's coordinates ``x = s(t) x_hat``
+        (the product is only formed when recording)."""
         if self.trajectory is not None:
-            self.trajectory.append(x.clone())
+            self.trajectory.append(x * scale if scale != 1.0 else x.clone())
 
 
 # ----- ODE samplers in the formulation's coordinates -----------------------------------------
@@ -177,14 +199,17 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
                 alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
         h = t_next - t_cur
         D = run.D(x if s_cur == 1.0 else x * (1.0 / s_cur), sig_cur)
-        d = torch.add(x * alpha, D, alpha=beta)
-        x_next = torch.add(x, d, alpha=h)
+        # Euler predictor x' = x + h d with the slope d = alpha x + beta D.
+        x_next = torch.add(x * (1.0 + h * alpha), D, alpha=h * beta)
         if g.sigma[i + 1] != 0:
             alpha2, beta2 = g.ode_coefficients(i + 1)
             s_next = g.s[i + 1]
             D2 = run.D(x_next if s_next == 1.0 else x_next * (1.0 / s_next), g.sigma[i + 1])
-            d2 = torch.add(x_next * alpha2, D2, alpha=beta2)
-            x_next = torch.add(x, d + d2, alpha=0.5 * h)
+            # Trapezoidal corrector x + h/2 (d + d') with d' = alpha2 x' + beta2 D2, expanded
+            # into one linear combination of x, D and D2: three tensor ops instead of five.
+            c_x = 1.0 + 0.5 * h * (alpha + alpha2 * (1.0 + h * alpha))
+            c_D = 0.5 * h * beta * (1.0 + h * alpha2)
+            x_next = torch.add(torch.add(x * c_x, D, alpha=c_D), D2, alpha=0.5 * h * beta2)
         x = x_next
         run.record(x)
     return x
@@ -202,17 +227,18 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
         if sig_next == 0:
             x_hat = D
         else:
+            # First order: x_hat' = ratio x_hat + (1 - ratio) D, i.e. D + ratio (x_hat - D).
             ratio = sig_next / sig
+            step = torch.lerp(D, x_hat, ratio)
             if D_prev is not None:
                 h = math.log(sig / sig_next)
                 r = math.log(g.sigma[i - 1] / sig) / h
-                # Second-order multistep correction (Lu et al. 2022, eq. 17).
-                D_eff = torch.add(D * (1 + 0.5 / r), D_prev, alpha=-0.5 / r)
-            else:
-                D_eff = D
-            x_hat = torch.add(x_hat * ratio, D_eff, alpha=1 - ratio)
+                # Second-order multistep correction (Lu et al. 2022, eq. 17): D is replaced by
+                # D + (D - D_prev) / (2 r).
+                step = torch.add(step, D - D_prev, alpha=(1 - ratio) * 0.5 / r)
+            x_hat = step
         D_prev = D
-        run.record(x_hat * g.s[i + 1])
+        run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
 
 
@@ -237,11 +263,10 @@ def _ddim(run: _Run, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
         else:
             sigma_up = eta * sig_next * math.sqrt(max(1.0 - sig_next**2 / sig**2, 0.0))
             sigma_down = math.sqrt(sig_next**2 - sigma_up**2)
-            # D + sigma_down (x_hat - D) / sigma
-            x_hat = torch.add(x_hat * (sigma_down / sig), D, alpha=1 - sigma_down / sig)
+            x_hat = torch.lerp(D, x_hat, sigma_down / sig)  # D + sigma_down (x_hat - D) / sigma
             if sigma_up > 0:
                 x_hat = torch.add(x_hat, run.randn_like(x_hat), alpha=sigma_up)
-        run.record(x_hat * g.s[i + 1])
+        run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
 
 
@@ -322,7 +347,7 @@ def _pc(run: _Run, x: torch.Tensor, snr: float = 0.16, n_corrector: int = 1) -> 
             var = sig**2 - sig_next**2
             score = (D - x_hat) / sig**2
             x_hat = x_hat + var * score + math.sqrt(var) * run.randn_like(x_hat)
-        run.record(x_hat * g.s[i + 1])
+        run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
 
 
@@ -346,7 +371,7 @@ def _annealed_langevin(
             x_hat = _langevin(run, x_hat, sig, alpha)
         if i == len(levels) - 1:
             x_hat = run.D(x_hat, sig)
-        run.record(x_hat * g.s[i + 1])
+        run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
 
 
@@ -481,18 +506,16 @@ def sample(
 
     dtype = options.get("dtype", torch.float64)
     grid = make_grid(formulation, steps, options.get("sigmas"))
-    run = _Run(
-        denoiser,
-        grid,
-        noise.shape[0],
-        dtype,
-        noise.device,
-        generator,
-        bool(options.get("return_trajectory", False)),
-        dict(options.get("cond") or {}),
-    )
     with torch.no_grad():
         x = noise.to(dtype) * (grid.s[0] * grid.sigma[0])
+        run = _Run(
+            denoiser,
+            grid,
+            x,
+            generator,
+            bool(options.get("return_trajectory", False)),
+            dict(options.get("cond") or {}),
+        )
         run.record(x)
         x = SAMPLERS[sampler](run, x, **own)
     samples = x.to(noise.dtype)
