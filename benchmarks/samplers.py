@@ -1,0 +1,236 @@
+"""Sampler overhead: wall time of a sampler over the time of its bare network evaluations.
+
+One untrained 3-layer MLP (2 -> 256 -> 256 -> 2, SiLU, with the noise conditioning
+concatenated to the input) is an epsilon-prediction network of the discrete DDPM
+schedule: it takes the variance-preserving ``x_t`` and the time index ``t`` in
+``[0, 999]``. The same network object is sampled
+
+- by driftlab, as ``sample(Denoiser(net, "vp"), noise, "vp", sampler, steps)``: the library's
+  own VP preconditioning (EDM Table 1: ``c_in = 1/sqrt(1+sigma^2)``, ``c_noise = 999 t``,
+  ``D = x_hat - sigma eps``) on the VP formulation's grid;
+- by diffusers, as its pipelines do: ``set_timesteps``, then per step ``scale_model_input``,
+  the network on the scheduler's timestep, and ``step(..., return_dict=False)``.
+
+Pairs at equal network evaluations (NFE): ddim <-> DDIMScheduler, euler <->
+EulerDiscreteScheduler, heun <-> HeunDiscreteScheduler (both 2 steps - 1), dpmpp-2m <->
+DPMSolverMultistepScheduler (DPM-Solver++, order 2). The ratio is the sampler's wall time
+over NFE times one bare network call ``net(x, c)`` on the same batch: 1.0 is the physical
+limit, the excess is the sampler's own per-step cost. Everything runs single-threaded under
+``torch.inference_mode()``; the rounds interleave all configurations and each time is the
+minimum over rounds, since the machine is shared and noise only ever adds time.
+
+Prints one JSON line per (library, sampler, batch); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from driftlab.diffusion import Denoiser, evaluations_per_sample, sample
+
+BATCHES = (1, 100, 10_000)
+STEPS = 35  # single-evaluation samplers; Heun gets 18 steps = 35 evaluations
+HEUN_STEPS = 18
+NFE = 35
+ROUNDS = {1: 9, 100: 9, 10_000: 3}
+SECONDS_PER_MEASUREMENT = {1: 0.05, 100: 0.05, 10_000: 0.0}  # 0: a single sampling run
+SEED = 0
+
+
+class MLP(nn.Module):
+    """``eps(x_t, t)``: 2 -> 256 -> 256 -> 2 with ``t`` (scalar or ``[batch]``) as a third
+    input feature, so one network serves a per-sample ``c_noise`` and a scheduler's scalar
+    timestep alike."""
+
+    def __init__(self, width: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(3, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2)
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(x.dtype).expand(x.shape[0]).unsqueeze(1)
+        return self.net(torch.cat([x, t], dim=1))
+
+
+def diffusers_schedulers() -> dict[str, Callable[[], object]]:
+    """Our sampler name -> a fresh diffusers scheduler for the same algorithm, DDPM's linear
+    beta schedule (their default)."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+    )
+
+    return {
+        "ddim": DDIMScheduler,
+        "euler": EulerDiscreteScheduler,
+        "heun": HeunDiscreteScheduler,
+        "dpmpp-2m": lambda: DPMSolverMultistepScheduler(
+            algorithm_type="dpmsolver++", solver_order=2
+        ),
+    }
+
+
+def steps_for(sampler: str) -> int:
+    """Steps giving ``NFE`` network evaluations in both libraries."""
+    steps = HEUN_STEPS if sampler == "heun" else STEPS
+    assert evaluations_per_sample(sampler, steps) == NFE
+    return steps
+
+
+def driftlab_version() -> str:
+    try:
+        return importlib.metadata.version("driftlab")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def ours(net: nn.Module, sampler: str, noise: torch.Tensor, **options) -> Callable[[], object]:
+    denoiser = Denoiser(net, "vp")
+    steps = steps_for(sampler)
+    return lambda: sample(denoiser, noise, "vp", sampler, steps, **options)
+
+
+def theirs(net: nn.Module, scheduler: object, steps: int, noise: torch.Tensor) -> Callable:
+    """A diffusers sampling loop, written as its pipelines write it."""
+
+    def run() -> torch.Tensor:
+        scheduler.set_timesteps(steps)
+        x = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps = net(scheduler.scale_model_input(x, t), t)
+            x = scheduler.step(eps, t, x, return_dict=False)[0]
+        return x
+
+    return run
+
+
+def count_calls(net: nn.Module, fn: Callable[[], object]) -> int:
+    """Network calls made by one run of ``fn`` (checks that NFE match)."""
+    calls = 0
+
+    def hook(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = net.register_forward_hook(hook)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return calls
+
+
+def seconds(fn: Callable[[], object], number: int) -> float:
+    """Mean wall time of ``fn`` over ``number`` back-to-back calls."""
+    begin = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - begin) / number
+
+
+def main() -> None:
+    import diffusers
+
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    net = MLP().eval()
+    schedulers = diffusers_schedulers()
+    for batch in BATCHES:
+        gen = torch.Generator().manual_seed(SEED)
+        noise = torch.randn(batch, 2, generator=gen)
+        x_t = torch.randn(batch, 2, generator=gen)
+        c_noise = torch.rand(batch, generator=gen) * 999
+
+        def bare(x: torch.Tensor = x_t, c: torch.Tensor = c_noise) -> None:
+            for _ in range(NFE):
+                net(x, c)
+
+        configs: dict[tuple[str, str], Callable[[], object]] = {}
+        for sampler, make in schedulers.items():
+            configs[("driftlab", sampler)] = ours(net, sampler, noise)
+            configs[("diffusers", sampler)] = theirs(net, make(), steps_for(sampler), noise)
+        with torch.inference_mode():
+            for (library, sampler), fn in configs.items():
+                calls = count_calls(net, fn)
+                if calls != NFE:
+                    raise SystemExit(f"{library} {sampler}: {calls} network calls, expected {NFE}")
+            bare()  # warm-up (the configurations were warmed up by counting their calls)
+            number = max(1, round(SECONDS_PER_MEASUREMENT[batch] / seconds(bare, 1)))
+            ratios: dict[tuple[str, str], list[float]] = {key: [] for key in configs}
+            bare_times: list[float] = []
+            for r in range(ROUNDS[batch]):
+                keys = list(configs)
+                keys = keys[r % len(keys) :] + keys[: r % len(keys)]
+                before = seconds(bare, number)
+                for key in keys:
+                    # Each sampler run is timed between two runs of the same number of bare
+                    # network calls, and compared with their mean: load from other processes
+                    # then inflates both sides of the ratio alike.
+                    took = seconds(configs[key], number)
+                    after = seconds(bare, number)
+                    ratios[key].append(2 * took / (before + after))
+                    bare_times += [before, after]
+                    before = after
+            print(f"batch {batch}: {ROUNDS[batch]} rounds of {number} runs", file=sys.stderr)
+        for (library, sampler), values in ratios.items():
+            record = {
+                "benchmark": "samplers",
+                "library": library,
+                "version": diffusers.__version__ if library == "diffusers" else driftlab_version(),
+                "sampler": sampler,
+                "steps": steps_for(sampler),
+                "batch": batch,
+                "nfe": NFE,
+                "ratio": statistics.median(values),
+                "ratio_min": min(values),
+                "ratio_max": max(values),
+                "bare_seconds_per_eval": statistics.median(bare_times) / NFE,
+                "rounds": ROUNDS[batch],
+                "runs_per_measurement": number,
+                "threads": 1,
+            }
+            print(json.dumps(record), flush=True)
+
+
+def markdown(records: list[dict]) -> str:
+    """README table: ratio to bare network time, driftlab vs diffusers, per batch size."""
+    ratio = {(r["library"], r["sampler"], r["batch"]): r["ratio"] for r in records}
+    samplers = list(dict.fromkeys(r["sampler"] for r in records))
+    batches = sorted({r["batch"] for r in records})
+    names = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp-2m": "DPM-Solver++(2M)"}
+    header = "| sampler | " + " | ".join(f"batch {b:,}: ours / diffusers" for b in batches)
+    lines = [header + " |", "|---|" + "---|" * len(batches)]
+    for sampler in samplers:
+        cells = []
+        for b in batches:
+            mine, peer = ratio.get(("driftlab", sampler, b)), ratio.get(("diffusers", sampler, b))
+            cells.append("" if mine is None or peer is None else f"{mine:.2f} / {peer:.2f}")
+        lines.append(f"| {names.get(sampler, sampler)} | " + " | ".join(cells) + " |")
+    version = next((r["version"] for r in records if r["library"] == "diffusers"), "")
+    nfe = records[0]["nfe"] if records else NFE
+    bare = {r["batch"]: r["bare_seconds_per_eval"] for r in records}
+    lines.append("")
+    lines.append(
+        f"Sampler wall time / ({nfe} x one bare network call), median over interleaved "
+        "rounds; 1.00 is the limit. 3-layer MLP (2 -> 256 -> 256 -> 2) as a DDPM "
+        f"epsilon model, one CPU thread, diffusers {version}, driftlab state in float64 "
+        "(its default). Bare call: "
+        + ", ".join(f"{bare[b] * 1e6:,.0f} us at batch {b:,}" for b in batches)
+        + "."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
