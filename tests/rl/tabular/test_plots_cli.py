@@ -104,6 +104,15 @@ def test_mc_basic_matches_value_iteration_from_the_cli(tmp_path: Path, capsys) -
         ("q-learning", ["--episodes", "5", "--runs", "3"]),
         ("q-learning", ["--episodes", "20", "--runs", "3", "--behavior", "epsilon-greedy"]),
         ("td-linear", ["--episodes", "5", "--episode-length", "50", "--features", "fourier"]),
+        (
+            "dqn-grid",
+            ["--iterations", "20", "--transitions", "300", "--runs", "2", "--eval-every", "10"],
+        ),
+        (
+            "reinforce-grid",
+            ["--episodes", "20", "--runs", "2", "--eval-every", "10", "--terminal-target"],
+        ),
+        ("qac-grid", ["--episodes", "20", "--runs", "2", "--eval-every", "10"]),
     ],
 )
 def test_every_method_runs_and_writes_pictures(tmp_path: Path, capsys, method, extra) -> None:

@@ -64,7 +64,6 @@ class Command:
     help: str
     options: tuple[Callable[[argparse.ArgumentParser], None], ...]
     run: Callable[[GridWorld, argparse.Namespace], Outcome]
-    world_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 # ----- option groups -----------------------------------------------------------------------------
@@ -704,5 +703,4 @@ def add_parser(verbs: argparse._SubParsersAction, formatter: type) -> None:
         for add in command.options:
             add(parser)
         run_options(parser, command.name)
-        parser.set_defaults(**command.world_defaults)
         parser.set_defaults(handler=lambda args, command=command: print(run_command(command, args)))
