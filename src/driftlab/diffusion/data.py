@@ -363,7 +363,8 @@ def load_dataset(
       when every image is greyscale, else 3 (RGB; alpha dropped). Labelled by first-level
       subfolder (sorted names -> ``0..K-1``) when all images sit in two or more subfolders,
       else unlabelled. A fixed random split puts ``floor(N / 10)`` images in ``test`` (none for
-      fewer than 10 images: ``test`` is then empty) and the rest in ``train``.
+      fewer than 10 images: ``test`` is then empty) and the rest in ``train``, each part in
+      sorted path order.
 
     For the image sets the split does not depend on ``seed``; with ``n`` given, ``seed`` picks
     which ``n`` images of the split are returned. Bad arguments raise ``ConfigError``.
@@ -392,7 +393,8 @@ def load_dataset(
     else:
         full, order = _load_folder(root, resolution)
         n_test = int(FOLDER_TEST_FRACTION * len(full))
-        dataset = _subset(full, order[:n_test] if split == "test" else order[n_test:])
+        part = order[:n_test] if split == "test" else order[n_test:]
+        dataset = _subset(full, part.sort().values)  # each part in sorted path order
     if n is None:
         return dataset
     if n > len(dataset):
