@@ -175,6 +175,14 @@ def test_help_explains_every_option_with_its_default(capsys) -> None:
         assert text.count("(default:") >= 13, command.name
 
 
+def test_format_value_drops_the_sign_of_a_rounded_zero() -> None:
+    from driftlab.rl.tabular.plots import format_value
+
+    assert format_value(-0.04, 1) == "0.0"
+    assert format_value(-0.05001, 1) == "-0.1"
+    assert format_value(5.832, 2) == "5.83"
+
+
 def test_parse_cells() -> None:
     assert parse_cells("2,2;2,3") == [(2, 2), (2, 3)]
     assert parse_cells(" 1, 2 ; ") == [(1, 2)]

@@ -33,7 +33,7 @@ from driftlab.rl.tabular.planning import (
     truncated_policy_iteration,
     value_iteration,
 )
-from driftlab.rl.tabular.plots import plot_grid, plot_learning_curves
+from driftlab.rl.tabular.plots import format_value, plot_grid, plot_learning_curves
 
 ARROWS = ("^", ">", "v", "<", "o")  # up, right, down, left, stay; ASCII prints anywhere
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -616,7 +616,7 @@ def make_world(args: argparse.Namespace) -> GridWorld:
 
 def format_values(world: GridWorld, values: np.ndarray, decimals: int = 2) -> str:
     """The values as a grid: one line per row, columns numbered from 1 as in the book."""
-    cells = [f"{v:.{decimals}f}" for v in values]
+    cells = [format_value(v, decimals) for v in values]
     width = max(len(c) for c in cells) + 1
     lines = ["   " + "".join(f"{c:>{width}}" for c in range(1, world.cols + 1))]
     for r in range(world.rows):

@@ -48,25 +48,32 @@ def _draw_cells(ax: Axes, world: GridWorld) -> None:
     ax.xaxis.tick_top()
 
 
-def _draw_policy(ax: Axes, world: GridWorld, policy: np.ndarray) -> None:
-    """One arrow per action with probability > 0, length ~ probability; circle for stay."""
+def _draw_policy(ax: Axes, world: GridWorld, policy: np.ndarray, min_prob: float) -> None:
+    """One arrow per action with probability >= min_prob, length ~ probability; circle for
+    stay."""
     policy = world.check_policy(policy)
     for s in range(world.n_states):
         r, c = world.cell(s)
         x, y = c - 0.5, r - 0.5
         for a, p in enumerate(policy[s]):
-            if p <= 1e-9:
+            if p < min_prob:
                 continue
             dy, dx = MOVES[a]
             if dx == 0 and dy == 0:
                 ax.add_patch(Circle((x, y), 0.05 + 0.1 * p, fill=False, lw=1.5, ec=ARROW_COLOR))
                 continue
             # An offset keeps low-probability arrows visible beside the stay circle.
-            length = 0.14 + 0.28 * p
+            length = 0.1 + 0.32 * p
             ax.arrow(
                 x, y, dx * length, dy * length, width=0.01 + 0.015 * p, head_width=0.06 + 0.05 * p,
                 head_length=0.07, length_includes_head=True, color=ARROW_COLOR,
             )  # fmt: skip
+
+
+def format_value(value: float, decimals: int) -> str:
+    """``value`` rounded, without the sign of a negative number that rounds to zero."""
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
 
 
 def _draw_values(ax: Axes, world: GridWorld, values: np.ndarray, decimals: int) -> None:
@@ -76,7 +83,7 @@ def _draw_values(ax: Axes, world: GridWorld, values: np.ndarray, decimals: int) 
     size = max(6, 14 - max(world.rows, world.cols))
     for s in range(world.n_states):
         r, c = world.cell(s)
-        ax.text(c - 0.5, r - 0.5, f"{values[s]:.{decimals}f}", ha="center", va="center",
+        ax.text(c - 0.5, r - 0.5, format_value(values[s], decimals), ha="center", va="center",
                 fontsize=size)  # fmt: skip
 
 
@@ -87,11 +94,13 @@ def plot_grid(
     path: str | Path = "grid.png",
     title: str | None = None,
     decimals: int = 1,
+    min_prob: float = 0.02,
 ) -> Path:
     """Draw the grid world, optionally with a policy and/or state values; save a PNG.
 
     With only ``policy`` or only ``values`` one panel is drawn; with both, the policy (left)
-    and the values (right) side by side. Returns the path written.
+    and the values (right) side by side. Actions of probability below ``min_prob`` are not
+    drawn, so that a softmax policy shows its preferred moves. Returns the path written.
     """
     panels = [p for p in (("policy", policy), ("values", values)) if p[1] is not None]
     if not panels:
@@ -104,7 +113,7 @@ def plot_grid(
     for ax, (kind, data) in zip(axes[0], panels, strict=True):
         _draw_cells(ax, world)
         if kind == "policy":
-            _draw_policy(ax, world, data)
+            _draw_policy(ax, world, data, min_prob)
         elif kind == "values":
             _draw_values(ax, world, data, decimals)
     if title:
