@@ -278,7 +278,7 @@ def _read_image(path: Path, grey: bool, resolution: int) -> np.ndarray:
     with Image.open(path) as img:
         if grey and img.mode in _WIDE_MODES:
             # 16-bit grey: keep the precision by resizing in float mode, on the 0..255 scale.
-            img = Image.fromarray(np.asarray(img, dtype=np.float32) / 257.0, mode="F")
+            img = Image.fromarray(np.asarray(img, dtype=np.float32) / 257.0)  # mode "F"
         else:
             img = img.convert("L" if grey else "RGB")  # alpha is dropped, palettes expanded
     width, height = img.size
