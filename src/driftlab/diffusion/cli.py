@@ -66,6 +66,106 @@ def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
     )
     oracle.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
     oracle.set_defaults(handler=run_oracle)
+    _add_train(verbs, formatter)
+    _add_sample_and_eval(verbs, formatter)
+
+
+def _add_train(verbs: argparse._SubParsersAction, formatter: type) -> None:
+    from driftlab.diffusion.denoisers import PREDICTIONS
+    from driftlab.diffusion.formulations import FORMULATIONS
+    from driftlab.diffusion.trainer import TrainConfig
+
+    d = TrainConfig()
+    train = verbs.add_parser(
+        "train",
+        help="train a diffusion model",
+        description="Train a diffusion model of any formulation (EDM eq. 8 with the "
+        "formulation's noise distribution and loss weight). Checkpoints at an interval and on "
+        "Ctrl-C; --resume continues exactly where the run stopped.",
+        formatter_class=formatter,
+    )
+    train.add_argument(
+        "--data",
+        default=d.data,
+        help="moons, swissroll, 8gaussians, checkerboard, pinwheel, digits, or folder",
+    )
+    train.add_argument("--data-root", default=None, help="image folder for --data folder")
+    train.add_argument("--resolution", type=int, default=None, help="image size for a folder")
+    train.add_argument("--n-train", type=int, default=None, help="training set size (2-D sets)")
+    train.add_argument(
+        "--formulation", default=d.formulation, choices=sorted(FORMULATIONS), help="noising"
+    )
+    train.add_argument(
+        "--prediction",
+        default=None,
+        choices=PREDICTIONS,
+        help="network output type (default: the formulation's own preconditioning)",
+    )
+    train.add_argument(
+        "--network", default=d.network, choices=("auto", "mlp", "unet"), help="architecture"
+    )
+    train.add_argument("--hidden", type=int, default=None, help="MLP width (default: 256)")
+    train.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default: 3)")
+    train.add_argument("--channels", type=int, default=None, help="U-Net base channels")
+    train.add_argument(
+        "--steps", type=int, default=None, help=f"optimiser steps (default: {d.steps})"
+    )
+    train.add_argument("--minutes", type=float, default=None, help="wall-time budget")
+    train.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
+    train.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay")
+    train.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="lr warm-up")
+    train.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm")
+    train.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay")
+    train.add_argument(
+        "--class-conditional", action="store_true", help="condition on labels (digits)"
+    )
+    train.add_argument(
+        "--label-dropout", type=float, default=d.label_dropout, help="null-label rate (CFG)"
+    )
+    train.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    train.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps per checkpoint"
+    )
+    train.add_argument("--log-every", type=int, default=d.log_every, help="steps per log line")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU")
+    train.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    train.add_argument("--no-tensorboard", action="store_true", help="only metrics.jsonl")
+    train.add_argument("--run-dir", required=True, help="output directory")
+    train.add_argument("--resume", action="store_true", help="continue an existing run")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    train.set_defaults(handler=run_train)
+
+
+def _add_sample_and_eval(verbs: argparse._SubParsersAction, formatter: type) -> None:
+    from driftlab.diffusion.formulations import FORMULATIONS
+    from driftlab.diffusion.samplers import SAMPLERS
+
+    for verb, text in (
+        ("sample", "sample a trained run (any sampler and formulation)"),
+        ("eval", "sample a trained run and write DIR/eval.json with its metrics"),
+    ):
+        p = verbs.add_parser(verb, help=text, description=text, formatter_class=formatter)
+        p.add_argument("--run-dir", required=True, help="a training run directory")
+        p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS), help="sampler")
+        p.add_argument("--steps", type=int, default=18, help="sampler steps")
+        p.add_argument(
+            "--formulation",
+            default=None,
+            choices=sorted(FORMULATIONS),
+            help="coordinates to sample in (default: the run's)",
+        )
+        p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+        p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+        p.add_argument("--n", type=int, default=None, help="samples (default: 2000 / test size)")
+        if verb == "sample":
+            p.add_argument("--out", required=True, help="output .png, .safetensors or .npy")
+            p.add_argument(
+                "--class-label", type=int, default=None, help="class to sample (default: all)"
+            )
+            p.set_defaults(handler=run_sample)
+        else:
+            p.set_defaults(handler=run_eval)
 
 
 _OPTION_NAMES = {
@@ -147,3 +247,92 @@ def run_oracle(args: argparse.Namespace) -> None:
             f"{report['swd_floor']:.4f}); mixture-weight error {report['weight_error']:.4f}"
         )
         print(f"wrote {run.path}/samples.png, samples.safetensors, metrics.jsonl")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from driftlab.diffusion.runs import train_run
+    from driftlab.diffusion.trainer import TrainConfig
+
+    network_options = {
+        key: value
+        for key, value in (
+            ("hidden", args.hidden),
+            ("depth", args.depth),
+            ("channels", args.channels),
+        )
+        if value is not None
+    }
+    overrides = {k: getattr(args, k) for k in ("steps", "minutes") if getattr(args, k) is not None}
+    config = TrainConfig(
+        data=args.data,
+        data_root=args.data_root,
+        resolution=args.resolution,
+        n_train=args.n_train,
+        formulation=args.formulation,
+        prediction=args.prediction,
+        network=args.network,
+        network_options=network_options,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay,
+        class_conditional=args.class_conditional,
+        label_dropout=args.label_dropout,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        amp=args.amp,
+        device=args.device,
+        tensorboard=not args.no_tensorboard,
+        **overrides,
+    )
+    try:
+        summary = train_run(
+            config, args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=overrides
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; checkpoint saved in {args.run_dir}; continue with --resume")
+        raise
+    print(
+        f"trained to step {summary['step']} ({summary['status']}) in {summary['seconds']:.1f} s; "
+        f"outputs in {args.run_dir}"
+    )
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from driftlab.diffusion.runs import generate
+    from driftlab.diffusion.trainer import load_trained
+
+    trainer = load_trained(args.run_dir)
+    n = args.n or (2000 if len(trainer.dataset.shape) == 1 else 100)
+    generate(
+        trainer,
+        n=n,
+        sampler=args.sampler,
+        steps=args.steps,
+        formulation=args.formulation,
+        seed=args.seed,
+        class_label=args.class_label,
+        guidance=args.guidance,
+        out=args.out,
+    )
+    print(f"wrote {n} samples to {args.out}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from driftlab.diffusion.runs import evaluate_run
+
+    report = evaluate_run(
+        args.run_dir,
+        sampler=args.sampler,
+        steps=args.steps,
+        formulation=args.formulation,
+        n=args.n,
+        seed=args.seed,
+        guidance=args.guidance,
+    )
+    shown = {k: v for k, v in report.items() if not isinstance(v, dict | list)}
+    print(json.dumps(shown, indent=2))
+    print(f"wrote {args.run_dir}/eval.json")

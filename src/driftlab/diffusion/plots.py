@@ -70,3 +70,49 @@ def plot_trajectories(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_image_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    labels: torch.Tensor | None = None,
+    columns: int = 10,
+) -> Path:
+    """A grid of images ``[n, C, H, W]`` in [-1, 1]; with ``labels`` each is titled."""
+    n = images.shape[0]
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.2), squeeze=False)
+    pictures = ((images.detach().float().clamp(-1, 1) + 1) / 2).cpu()
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = pictures[i]
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        if labels is not None:
+            ax.set_title(str(int(labels[i])), fontsize=7)
+    fig.tight_layout(pad=0.2)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_loss_curve(records: list[dict], path: str | Path) -> Path:
+    """Training loss (and learning rate) against step from ``metrics.jsonl`` records."""
+    rows = [r for r in records if "loss" in r and isinstance(r["loss"], int | float)]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (EDM eq. 8)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
