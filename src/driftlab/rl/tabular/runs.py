@@ -112,6 +112,8 @@ class ActingPolicy:
         self.epsilon = exploration_at(epsilon, 0)
         self.n_actions = world.n_actions
         self.runs = np.arange(n_runs)
+        # start of each run's row in a flattened ``[n_runs, A]`` array
+        self.row_starts = self.runs * self.n_actions
 
     def begin_episode(self, episode: int, rng: np.random.Generator, draws: int) -> None:
         """Draw the episode's uniforms at once (``[draws, n_runs]``), not one call per step."""

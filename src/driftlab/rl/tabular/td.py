@@ -138,10 +138,12 @@ class _Runs:
         else:
             alpha = self.alpha
         current = self.flat_estimate[index]
-        step = alpha * (target - current)
+        step = target - current
+        step *= alpha
         if self.episodic:  # in a continuing world every run is always live
-            step = step * mask
-        self.flat_estimate[index] = current + step
+            step *= mask
+        current += step
+        self.flat_estimate[index] = current
 
     def discount_to(self, states: np.ndarray) -> np.ndarray | float:
         """gamma, or 0 for runs whose next state is terminal."""
@@ -260,13 +262,13 @@ def _learn_q(
         states, alive = book.start_episode()
         acting.begin_episode(episode, book.rng, episode_length + 1)
         rows = row_offset + states
-        actions = book.first_actions(acting, q_rows[rows].argmax(axis=1), states)
+        actions = book.first_actions(acting, q_rows.take(rows, axis=0).argmax(axis=1), states)
         for t in range(1, episode_length + 1):
             nxt, rewards, terminated = world.step_batch(states, actions)
             # Sarsa needs a_{t+1} before the update (Zhao ch. 7.2); the others use it
             # only to act, one step later.
             next_rows = row_offset + nxt
-            next_q = q_rows[next_rows]
+            next_q = q_rows.take(next_rows, axis=0)  # ``take``: several times faster here
             greedy = next_q.argmax(axis=1)
             next_actions = acting.sample(t, greedy, nxt)
             value = bootstrap(next_q, next_actions, greedy, acting, nxt)
@@ -291,7 +293,7 @@ def _learn_q(
 
 def _sampled_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarray:
     """Sarsa: q(s_{t+1}, a_{t+1}) of the sampled next action."""
-    return q[acting.runs, actions]
+    return q.ravel()[acting.row_starts + actions]
 
 
 def _expected_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarray:
@@ -302,7 +304,7 @@ def _expected_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarr
 def _max_next(q, actions, greedy, acting: ActingPolicy, states) -> np.ndarray:
     """Q-learning: max_a q(s_{t+1}, a), read at the greedy action (a gather is several times
     faster than a max-reduction along a short axis)."""
-    return q[acting.runs, greedy]
+    return q.ravel()[acting.row_starts + greedy]
 
 
 def sarsa(
