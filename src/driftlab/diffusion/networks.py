@@ -122,7 +122,7 @@ class LabelEmbedding(nn.Module):
                 f"class_labels must be an integer tensor of shape [{batch}], "
                 f"got {class_labels.dtype} {tuple(class_labels.shape)}"
             )
-        low, high = int(class_labels.min()), int(class_labels.max())
+        low, high = (int(class_labels.min()), int(class_labels.max())) if batch else (0, 0)
         if low < 0 or high > self.num_classes:
             raise ValueError(
                 f"class_labels must lie in 0..{self.num_classes} ({self.num_classes} = no class), "
@@ -296,8 +296,9 @@ class UNet(nn.Module):
     ``attention_resolutions=None`` puts attention at the lowest resolution only
     (``resolution / 2^(len(channel_mult) - 1)``); ``()`` turns attention off outside the
     middle block. The defaults (32 channels, one residual block per level, 8x8 -> 4x4) are
-    sized for CPU training on 8x8 digits: about 0.7M parameters and under 0.1 s for a forward
-    and backward pass of 128 digits on one core. For larger images raise ``channels``,
+    sized for CPU training on 8x8 digits: 701,345 parameters, about 0.09-0.1 s of one core
+    for a forward and backward pass of 128 digits (the DDPM-like 64 channels with two blocks
+    per level: 4.0M parameters, about 0.4 s). For larger images raise ``channels``,
     ``num_res_blocks`` (ADM uses 2-3) and lengthen ``channel_mult`` (e.g. ``(1, 2, 2, 2)`` at
     32x32, as DDPM on CIFAR-10).
     """
