@@ -23,7 +23,7 @@ from driftlab.diffusion.data import (
 DIGIT_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]  # sklearn's digits per class
 
 
-# ----- 2-D sets ---------------------------------------------------------------------------------
+# ----- 2-D sets ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", TOY_SETS)
 def test_toy_sets_are_centred_with_unit_std(name):
     data = load_dataset(name)
@@ -102,7 +102,7 @@ def test_pinwheel_has_five_arms():
     assert (counts - 0.2).abs().max() < 0.02
 
 
-# ----- digits -------------------------------------------------------------------------------------
+# ----- digits -----------------------------------------------------------------------------
 def test_digits_scaled_split_and_stratified():
     train, test = load_dataset("digits"), load_dataset("digits", split="test")
     assert train.x.shape == (1437, 1, 8, 8) and test.x.shape == (360, 1, 8, 8)
@@ -149,7 +149,7 @@ def test_digits_subset_and_resolution():
         load_dataset("digits", split="test", n=361)
 
 
-# ----- a folder of images ----------------------------------------------------------------------
+# ----- a folder of images -----------------------------------------------------------------
 def _save(path, array, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array), mode=mode).save(path)
@@ -259,7 +259,7 @@ def test_dataset_names_and_validation():
         Dataset("x", torch.zeros(3, 2), torch.zeros(3, dtype=torch.int32), 2)
 
 
-# ----- batches -----------------------------------------------------------------------------------
+# ----- batches ----------------------------------------------------------------------------
 def _toy(n: int) -> Dataset:
     return Dataset("toy", torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n), n)
 

@@ -17,7 +17,7 @@ from driftlab.diffusion.networks import (
 )
 
 
-# ----- embeddings ---------------------------------------------------------------------------------
+# ----- embeddings -------------------------------------------------------------------------
 def test_positional_embedding_values():
     emb = PositionalEmbedding(4, max_positions=10000)
     out = emb(torch.tensor([0.0, 1.0]))
@@ -47,7 +47,7 @@ def test_embedding_dim_must_be_even(cls):
         cls(7)
 
 
-# ----- MLP ----------------------------------------------------------------------------------------
+# ----- MLP --------------------------------------------------------------------------------
 def test_mlp_shapes_layers_and_zero_start():
     net = MLP(2, hidden=32, depth=3)
     assert [(m.in_features, m.out_features) for m in net.layers] == [(2, 32), (32, 32), (32, 32)]
@@ -108,7 +108,7 @@ def test_labels_rejected_without_classes():
         MLP(2)(torch.randn(3, 2), torch.randn(3), torch.zeros(3, dtype=torch.long))
 
 
-# ----- U-Net --------------------------------------------------------------------------------------
+# ----- U-Net ------------------------------------------------------------------------------
 def test_unet_default_size_zero_start_and_denoiser():
     torch.manual_seed(0)
     net = UNet()
@@ -166,7 +166,7 @@ def test_unet_rejects_bad_config_and_input():
         UNet()(torch.randn(2, 1, 16, 16), torch.zeros(2))
 
 
-# ----- factory ------------------------------------------------------------------------------------
+# ----- factory ----------------------------------------------------------------------------
 def test_build_network_kinds_and_shapes():
     net = build_network("mlp", (2,), hidden=16)
     assert isinstance(net, MLP) and net(torch.randn(3, 2), torch.zeros(3)).shape == (3, 2)

@@ -106,7 +106,7 @@ class Dataset:
         return float(self.x.to(torch.float64).std())
 
 
-# ----- seeds -----------------------------------------------------------------------------------
+# ----- seeds ------------------------------------------------------------------------------
 def _generator(seed: int, *keys: str | int) -> torch.Generator:
     """A torch generator seeded from ``(seed, *keys)`` through NumPy's SeedSequence, so that
     e.g. the train and test draws of one set and the sets among themselves are independent
@@ -116,7 +116,7 @@ def _generator(seed: int, *keys: str | int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-# ----- 2-D sets --------------------------------------------------------------------------------
+# ----- 2-D sets ---------------------------------------------------------------------------
 def _moons(n: int, g: torch.Generator) -> torch.Tensor:
     """Two interleaved half circles, as ``sklearn.datasets.make_moons`` (FFJORD uses noise 0.1):
     outer ``(cos t, sin t)``, inner ``(1 - cos t, 1/2 - sin t)``, ``t ~ U[0, pi]``, half the
@@ -208,7 +208,7 @@ _TOY_GENERATORS = {
 }
 
 
-# ----- digits -------------------------------------------------------------------------------------
+# ----- digits -----------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # a heavy import, needed only for this set
@@ -260,7 +260,7 @@ def _load_digits(split: str, resolution: int | None) -> Dataset:
     return Dataset("digits", x.contiguous(), labels[idx], 10, names)
 
 
-# ----- a folder of images -------------------------------------------------------------------------
+# ----- a folder of images -----------------------------------------------------------------
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L")  # 16-bit grey (PNG) opens as one of these
 
@@ -340,7 +340,7 @@ def _subset(dataset: Dataset, idx: torch.Tensor) -> Dataset:
     )
 
 
-# ----- entry point -----------------------------------------------------------------------------
+# ----- entry point ------------------------------------------------------------------------
 def load_dataset(
     name: str,
     split: str = "train",
@@ -403,7 +403,7 @@ def load_dataset(
     return _subset(dataset, pick)
 
 
-# ----- minibatches --------------------------------------------------------------------------------
+# ----- minibatches ------------------------------------------------------------------------
 class BatchSampler:
     """An endless stream of shuffled minibatches ``(x, labels)`` (``labels`` is None for
     unlabelled sets), resumable exactly.

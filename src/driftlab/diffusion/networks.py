@@ -136,7 +136,7 @@ def _check_no_labels(class_labels: torch.Tensor | None) -> None:
         raise ValueError("class_labels were given to a network built with num_classes=0")
 
 
-# ----- MLP for vectors ------------------------------------------------------------------
+# ----- MLP for vectors --------------------------------------------------------------------
 class MLP(nn.Module):
     """A multilayer perceptron ``F(x, c_noise, class_labels)`` for vectors ``x [B, dim]``.
 
@@ -194,7 +194,7 @@ class MLP(nn.Module):
         return self.out(h)
 
 
-# ----- U-Net for images --------------------------------------------------------------------
+# ----- U-Net for images -------------------------------------------------------------------
 def _groups(channels: int) -> int:
     """Group count for GroupNorm: up to 32 groups of at least 4 channels (EDM's rule),
     reduced to a divisor of ``channels``."""
@@ -416,7 +416,7 @@ class UNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
 
-# ----- factory -------------------------------------------------------------------------------
+# ----- factory ----------------------------------------------------------------------------
 class _Flatten(nn.Module):
     """Run a vector network on samples of any shape by flattening them (e.g. an MLP on digits)."""
 
