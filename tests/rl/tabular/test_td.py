@@ -43,7 +43,8 @@ def optimal_epsilon_greedy_q(world, epsilon):
     raise AssertionError("epsilon-soft policy iteration did not converge")
 
 
-def test_td0_converges_to_v_pi_of_the_uniform_policy():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_td0_converges_to_v_pi_of_the_uniform_policy(seed):
     world = GridWorld()
     uniform = world.uniform_policy()
     v_pi = evaluate_policy(world, uniform).values
@@ -54,12 +55,12 @@ def test_td0_converges_to_v_pi_of_the_uniform_policy():
         episodes=300,
         episode_length=100,
         n_runs=100,
-        seed=0,
+        seed=seed,
         start="random",
         reference=v_pi,
     )
     assert result.values.shape == (100, 25) and result.errors.shape == (300, 100)
-    # measured: mean RMSE 2.0 after 10 episodes, 0.09 after 300 (|v_pi| is 2.9..4.5)
+    # measured: mean RMSE 1.41 after 10 episodes, 0.098 after 300 (|v_pi| is 2.9..4.5)
     assert result.errors[-1].mean() < 0.12
     assert result.errors[-1].max() < 0.2
     assert result.errors[-1].mean() < result.errors[9].mean() / 10
@@ -83,7 +84,7 @@ def test_td0_does_not_bootstrap_from_the_terminal_target():
         reference=v_pi,
     )
     assert np.all(result.values[:, world.target_state] == 0.0)
-    # measured 0.17 (fewer steps than the continuing task: episodes end at the target)
+    # measured 0.165 (fewer steps than the continuing task: episodes end at the target)
     assert result.errors[-1].mean() < 0.2
     assert result.episode_lengths.mean() < 100
 
@@ -101,9 +102,9 @@ EVALUATION_BUDGET = dict(
 @pytest.mark.parametrize(
     "learner, bound",
     [
-        (sarsa, 0.25),  # measured 0.18
-        (expected_sarsa, 0.08),  # measured 0.05: no sampling noise in its target
-        (lambda world, **kw: nstep_sarsa(world, n=3, **kw), 0.35),  # measured 0.29
+        (sarsa, 0.25),  # measured 0.184
+        (expected_sarsa, 0.08),  # measured 0.053: no sampling noise in its target
+        (lambda world, **kw: nstep_sarsa(world, n=3, **kw), 0.35),  # measured 0.290
     ],
     ids=["sarsa", "expected-sarsa", "nstep-sarsa"],
 )
@@ -141,7 +142,8 @@ def test_step_into_the_terminal_target_is_worth_its_reward_only():
     assert np.all(result.q_values[:, world.target_state] == 0.0)
 
 
-def test_off_policy_q_learning_from_uniform_data_finds_q_star():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_off_policy_q_learning_from_uniform_data_finds_q_star(seed):
     world = GridWorld()
     optimal = value_iteration(world)
     result = q_learning(
@@ -151,7 +153,7 @@ def test_off_policy_q_learning_from_uniform_data_finds_q_star():
         episodes=150,
         episode_length=100,
         n_runs=100,
-        seed=0,
+        seed=seed,
         reference=optimal.q_values,
     )
     assert result.errors[-1].max() < 1e-3
@@ -208,8 +210,8 @@ def test_sarsa_control_finds_a_path_from_the_start_cell(n):
     start = world.state_index(1, 1)
     values = np.array([evaluate_policy(world, p).values[start] for p in result.policy])
     # Sarsa learns q of its epsilon-greedy policy along the paths it takes; its greedy
-    # policy is optimal from the start in most runs (measured 87% for n = 1, 94% for n = 3)
-    assert np.mean(np.isclose(values, optimal.values[start])) > 0.8
+    # policy is optimal from the start in most runs (measured 81% for n = 1, 92% for n = 3)
+    assert np.mean(np.isclose(values, optimal.values[start])) > 0.75
     # episodes shorten from the 100-step cut to near the 8-step shortest path
     assert result.episode_lengths[:5].mean() > 40
     assert result.episode_lengths[-50:].mean() < 16
