@@ -86,14 +86,14 @@ class _Runs:
         self.exploring_starts = bool(exploring_starts)
         self.world = world
         self.alpha = check_step_size("alpha", alpha)
-        self.episodes, self.episode_length, self.n_runs = episodes, episode_length, n_runs
+        self.n_runs = n_runs
         self.start = start
         self.reference = check_reference(reference, estimate_shape)
         self.rng = np.random.default_rng(seed)
         self.runs = np.arange(n_runs)
         self.estimate = np.zeros((n_runs, *estimate_shape))
         self.counts = np.zeros((n_runs, *estimate_shape))
-        # Flat views: one np.take / assignment per step is much cheaper than a 3-d fancy index.
+        # Flat views: a 1-d fancy index per step is much cheaper than a 3-d one.
         self.flat_estimate = self.estimate.reshape(-1)
         self.flat_counts = self.counts.reshape(-1)
         self.run_offset = self.runs * int(np.prod(estimate_shape))
@@ -101,14 +101,14 @@ class _Runs:
         self.discount = world.gamma * ~world.terminal
         self.episodic = bool(world.terminal.any())
         self.episode_return = np.zeros(n_runs)
-        self.episode_length = np.zeros(n_runs, dtype=np.int64)
+        self.episode_steps = np.zeros(n_runs, dtype=np.int64)
         self.errors = None if reference is None else np.zeros((episodes, n_runs))
         self.returns = np.zeros((episodes, n_runs))
         self.lengths = np.zeros((episodes, n_runs), dtype=np.int64)
 
     def start_episode(self) -> tuple[np.ndarray, np.ndarray]:
         self.episode_return[:] = 0.0
-        self.episode_length[:] = 0
+        self.episode_steps[:] = 0
         states = start_states(self.world, self.rng, self.n_runs, self.start)
         return states, ~self.world.terminal[states]
 
@@ -152,14 +152,14 @@ class _Runs:
     def record(self, rewards: np.ndarray, mask: np.ndarray) -> None:
         if self.episodic:
             np.add(self.episode_return, rewards, out=self.episode_return, where=mask)
-            self.episode_length += mask
+            self.episode_steps += mask
         else:
             self.episode_return += rewards
-            self.episode_length += 1
+            self.episode_steps += 1
 
     def end_episode(self, episode: int) -> None:
         self.returns[episode] = self.episode_return
-        self.lengths[episode] = self.episode_length
+        self.lengths[episode] = self.episode_steps
         if self.errors is not None:
             self.errors[episode] = rmse(self.estimate, self.reference)
 
