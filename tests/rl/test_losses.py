@@ -123,3 +123,11 @@ def test_inputs_are_not_modified():
         truncated=torch_truncated,
     )
     assert truncated.sum() == 0 and torch_truncated.sum() == 0
+
+
+def test_integer_rewards_are_discounted_as_floats():
+    np.testing.assert_allclose(discounted_returns(np.array([1, 2, 3]), 0.5), [2.75, 3.5, 3.0])
+    returns = discounted_returns(torch.tensor([1, 2, 3]), 0.5)
+    assert returns.is_floating_point()
+    np.testing.assert_allclose(returns.numpy(), [2.75, 3.5, 3.0])
+    np.testing.assert_allclose(nstep_returns(np.array([1, 2, 3]), 0.5, 2), [2.0, 3.5, 3.0])

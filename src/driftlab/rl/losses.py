@@ -26,6 +26,14 @@ from driftlab.core.config import check_in_range, check_int
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
+def _as_float(x: Array) -> Array:
+    """Integer or boolean rewards become floats, so that discounting never truncates."""
+    if isinstance(x, torch.Tensor):
+        return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
 def _zeros_like(x: Array) -> Array:
     if isinstance(x, torch.Tensor):
         return torch.zeros_like(x)
@@ -72,6 +80,7 @@ def discounted_returns(
     """
     check_in_range("gamma", gamma, 0.0, 1.0)
     _check_shapes(rewards, terminated=terminated, truncated=truncated, next_values=next_values)
+    rewards = _as_float(rewards)
     alive = 1.0 - _mask(terminated, rewards)
     cut = _mask(truncated, rewards)
     cut[-1] = 1.0
@@ -103,6 +112,7 @@ def nstep_returns(
     check_in_range("gamma", gamma, 0.0, 1.0)
     check_int("n", n, minimum=1)
     _check_shapes(rewards, terminated=terminated, truncated=truncated, next_values=next_values)
+    rewards = _as_float(rewards)
     alive = 1.0 - _mask(terminated, rewards)
     cut = _mask(truncated, rewards)
     cut[-1] = 1.0
@@ -153,6 +163,7 @@ def gae(
         terminated=terminated,
         truncated=truncated,
     )
+    rewards = _as_float(rewards)
     alive = 1.0 - _mask(terminated, rewards)
     cut = _mask(truncated, rewards)
     cut[-1] = 1.0
