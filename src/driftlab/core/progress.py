@@ -18,5 +18,15 @@ def progress(
     disable: bool = False,
     unit: str = "it",
 ) -> tqdm:
-    """A tqdm bar that writes to stderr and clears itself when done."""
-    return tqdm(iterable, total=total, desc=desc, disable=disable, unit=unit, leave=False)
+    """A tqdm bar that writes to stderr and clears itself when done; redrawn at most twice a
+    second so that logs of non-interactive runs stay short."""
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        disable=disable,
+        unit=unit,
+        leave=False,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
