@@ -200,6 +200,28 @@ def test_expected_sarsa_control_converges_to_the_best_epsilon_greedy_q():
     assert np.all(optimality_gaps(world, result.policy) < 1e-6)
 
 
+@pytest.mark.parametrize(
+    "learner", [sarsa, lambda world, **kw: nstep_sarsa(world, n=3, **kw)], ids=["sarsa", "nstep"]
+)
+def test_sarsa_control_is_optimal_from_every_state_of_the_shortest_path_world(learner):
+    """Every step costs 1 (forbidden cells and the boundary too): exploring costs no more
+    than the path, so the best epsilon-greedy policy's greedy policy is optimal with wide
+    margins, and Sarsa's sampling noise cannot flip it."""
+    world = GridWorld(terminal_target=True, r_boundary=-1, r_forbidden=-1, r_target=0, r_other=-1)
+    result = learner(
+        world,
+        epsilon=0.1,
+        alpha=decaying_step_size(1.0, 0.6),
+        episodes=1000,
+        episode_length=20,
+        n_runs=100,
+        seed=0,
+        start="random",
+        exploring_starts=True,
+    )
+    assert np.all(optimality_gaps(world, result.policy) < 1e-6)
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_sarsa_control_finds_a_path_from_the_start_cell(n):
     world = episodic_world(start=(1, 1))
