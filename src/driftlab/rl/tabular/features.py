@@ -3,7 +3,7 @@
 A state is its cell's normalised coordinates: ``x`` from the column and ``y`` from the row.
 Polynomial features use ``x, y`` in ``[-1, 1]`` (centred, so that the powers are less
 collinear); Fourier features use ``x, y`` in ``[0, 1]``, where ``cos(pi c x)`` for ``c = 0..q``
-is the usual Fourier basis (Konidaris et al. 2011), as in the book.
+is the usual Fourier basis (Konidaris et al. 2011).
 """
 
 from __future__ import annotations
