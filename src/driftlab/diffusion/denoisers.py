@@ -210,49 +210,43 @@ class Denoiser(nn.Module):
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         dtype = self._net_dtype()
         raw = self.net((_expand_like(c_in, x) * x).to(dtype), c_noise.to(dtype), **cond)
-        # addcmul promotes the network's output to x's dtype inside the kernel.
-        return torch.addcmul(_expand_like(c_skip, x) * x, _expand_like(c_out, x), raw)
+        return _expand_like(c_skip, x) * x + _expand_like(c_out, x) * raw.to(x.dtype)
 
     def at_levels(
         self, sigmas: torch.Tensor, like: torch.Tensor
     ) -> list[Callable[..., torch.Tensor]]:
         """One denoiser ``D_i(x_hat, **cond)`` per noise level ``sigmas[i]`` (a 1-D tensor) for
-        inputs shaped and typed like ``like``, equal to ``self(x_hat, sigma_i)``.
+        inputs shaped and typed like ``like``, equal to ``self(x_hat, sigma_i)`` up to
+        rounding.
 
-        The preconditioning of the whole grid is computed here in one go, so that a sampler's
-        step costs the network call and three small tensor ops, as diffusers' schedulers
-        precompute their timesteps in ``set_timesteps``. Samplers use this when it exists.
+        The preconditioning of the whole grid is computed here in one go, as diffusers'
+        schedulers precompute their timesteps in ``set_timesteps``; at one level ``c_skip``,
+        ``c_out`` and ``c_in`` are numbers, so a call costs the network and two or three
+        small tensor ops. Samplers use this when it exists.
         """
         sigmas = sigmas.to(like.dtype)
-        shape = (len(sigmas), like.shape[0])  # [levels, batch]
-        extra = (1,) * (like.ndim - 1)
-        c_skip, c_out, c_in, c_noise = self.coefficients(sigmas)
+        c_skip, c_out, c_in, c_noise = (
+            coef.to(like.dtype).expand(sigmas.shape) for coef in self.coefficients(sigmas)
+        )
         dtype = self._net_dtype()
+        # The network gets c_noise as forward() gives it: a contiguous [batch] tensor.
+        c_noise = c_noise.to(dtype)[:, None].expand(len(sigmas), like.shape[0]).contiguous()
 
-        def rows(coef: torch.Tensor, to: torch.dtype, trailing: tuple[int, ...]) -> tuple:
-            # [levels] -> one contiguous [batch, *trailing] tensor per level, as forward() uses.
-            coef = torch.broadcast_to(coef.to(to).reshape(-1, 1), shape).contiguous()
-            return coef.reshape(*shape, *trailing).unbind(0)
-
-        # Unit coefficients (c_skip of eps, VE and score models, c_in of VE) cost no op.
-        skip_rows = None if bool((c_skip == 1).all()) else rows(c_skip, like.dtype, extra)
-        in_rows = None if bool((c_in == 1).all()) else rows(c_in, like.dtype, extra)
-        noise_rows = rows(c_noise, dtype, ())
-        out_rows = rows(c_out, like.dtype, extra)
-
-        def level(i: int) -> Callable[..., torch.Tensor]:
-            skip = None if skip_rows is None else skip_rows[i]
-            scale = None if in_rows is None else in_rows[i]
-            c_noise_i, out = noise_rows[i], out_rows[i]
-
+        def level(skip: float, out: float, scale: float, c_noise: torch.Tensor) -> Callable:
             def denoise(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-                x_in = x if scale is None else scale * x
-                raw = self.net(x_in.to(dtype), c_noise_i, **cond)
-                return torch.addcmul(x if skip is None else skip * x, out, raw)
+                # Unit coefficients (c_skip of eps, VE and score models, c_in of VE) cost no op.
+                raw = self.net((x if scale == 1.0 else x * scale).to(dtype), c_noise, **cond)
+                # add() promotes the network's output to x's dtype inside the kernel.
+                return torch.add(x if skip == 1.0 else x * skip, raw, alpha=out)
 
             return denoise
 
-        return [level(i) for i in range(len(sigmas))]
+        return [
+            level(*coefs)
+            for coefs in zip(
+                c_skip.tolist(), c_out.tolist(), c_in.tolist(), c_noise.unbind(0), strict=True
+            )
+        ]
 
     def training_target(
         self, x0: torch.Tensor, x_hat: torch.Tensor, sigma: torch.Tensor

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,26 @@ def make_grid(formulation: Formulation, steps: int, sigmas: Any = None) -> Grid:
         ds=ds.tolist(),
         dsigma=dsigma.tolist(),
     )
+
+
+# Grids already built, per formulation object (held weakly) and per (steps, config()).
+_GRIDS: weakref.WeakKeyDictionary[Formulation, dict[tuple, Grid]] = weakref.WeakKeyDictionary()
+
+
+def _grid(formulation: Formulation, steps: int, sigmas: Any) -> Grid:
+    """:func:`make_grid`, remembered for a formulation object sampled again with the same
+    steps: building a grid costs some thirty small tensor ops, as much as a few steps of a
+    small network. The key holds ``config()``, so a formulation changed in place gets a
+    new grid; grids are only read by the samplers."""
+    if sigmas is not None:
+        return make_grid(formulation, steps, sigmas)
+    grids = _GRIDS.setdefault(formulation, {})
+    key = (steps, tuple(formulation.config().items()))
+    if key not in grids:
+        if len(grids) >= 16:  # a sweep over many step counts does not pile up grids
+            grids.clear()
+        grids[key] = make_grid(formulation, steps)
+    return grids[key]
 
 
 class _Run:
@@ -160,26 +181,36 @@ class _Run:
 
 
 def _euler(run: _Run, x: torch.Tensor) -> torch.Tensor:
-    """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction)."""
+    """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction).
+
+    The step ``x' = x + h (alpha x + beta D)`` is taken in the formulation's coordinates; the
+    state is stored as ``x_hat = x / s``, the denoiser's input, which saves a scaling op.
+    """
     g = run.grid
+    x_hat = x / g.s[0]
     for i in range(g.n):
         alpha, beta = g.ode_coefficients(i)
         h = g.t[i + 1] - g.t[i]
-        D = run.D(x if g.s[i] == 1.0 else x * (1.0 / g.s[i]), g.sigma[i])
-        # x + h (alpha x + beta D), folded into two ops.
-        x = torch.add(x * (1.0 + h * alpha), D, alpha=h * beta)
-        run.record(x)
-    return x
+        s, s_next = g.s[i], g.s[i + 1]
+        D = run.D(x_hat, g.sigma[i])
+        # x_hat' = x' / s' with x = s x_hat, folded into two ops.
+        x_hat = torch.add(x_hat * ((1.0 + h * alpha) * s / s_next), D, alpha=h * beta / s_next)
+        run.record(x_hat, s_next)
+    return x_hat * g.s[-1]
 
 
 def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> torch.Tensor:
     """Heun's 2nd-order method, EDM Algorithm 1 (Algorithm 2 when ``churn`` is given), in
-    general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler."""
+    general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler.
+
+    As in :func:`_euler`, the steps are those of ``x = s x_hat`` but the state is ``x_hat``.
+    """
     g = run.grid
     formulation = churn.pop("formulation") if churn else None
+    x_hat = x / g.s[0]
     for i in range(g.n):
         t_cur, t_next = g.t[i], g.t[i + 1]
-        sig_cur, s_cur = g.sigma[i], g.s[i]
+        sig_cur, s_cur, s_next = g.sigma[i], g.s[i], g.s[i + 1]
         alpha, beta = g.ode_coefficients(i)
         if churn:
             # EDM Algorithm 2, lines 4-6: raise the noise level to sigma_hat = (1 + gamma) sigma.
@@ -190,29 +221,29 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
                 sig_hat = sig_cur * (1 + gamma)
                 t_hat = float(formulation.sigma_inv(sig_hat))
                 s_hat = float(formulation.scale(t_hat))
-                eps = run.randn_like(x)
-                std = math.sqrt(sig_hat**2 - sig_cur**2) * s_hat * churn["S_noise"]
-                x = torch.add(x * (s_hat / s_cur), eps, alpha=std)
+                std = math.sqrt(sig_hat**2 - sig_cur**2) * churn["S_noise"]
+                x_hat = torch.add(x_hat, run.randn_like(x_hat), alpha=std)
                 sig_cur, s_cur, t_cur = sig_hat, s_hat, t_hat
                 ds = float(formulation.scale_deriv(t_hat))
                 dsig = float(formulation.sigma_deriv(t_hat))
                 alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
         h = t_next - t_cur
-        D = run.D(x if s_cur == 1.0 else x * (1.0 / s_cur), sig_cur)
-        # Euler predictor x' = x + h d with the slope d = alpha x + beta D.
-        x_next = torch.add(x * (1.0 + h * alpha), D, alpha=h * beta)
+        D = run.D(x_hat, sig_cur)
+        # Euler predictor x' = x + h d with the slope d = alpha x + beta D, x = s x_hat.
+        c_x = (1.0 + h * alpha) * s_cur / s_next
+        x_next = torch.add(x_hat * c_x, D, alpha=h * beta / s_next)
         if g.sigma[i + 1] != 0:
             alpha2, beta2 = g.ode_coefficients(i + 1)
-            s_next = g.s[i + 1]
-            D2 = run.D(x_next if s_next == 1.0 else x_next * (1.0 / s_next), g.sigma[i + 1])
+            D2 = run.D(x_next, g.sigma[i + 1])
             # Trapezoidal corrector x + h/2 (d + d') with d' = alpha2 x' + beta2 D2, expanded
             # into one linear combination of x, D and D2: three tensor ops instead of five.
-            c_x = 1.0 + 0.5 * h * (alpha + alpha2 * (1.0 + h * alpha))
-            c_D = 0.5 * h * beta * (1.0 + h * alpha2)
-            x_next = torch.add(torch.add(x * c_x, D, alpha=c_D), D2, alpha=0.5 * h * beta2)
-        x = x_next
-        run.record(x)
-    return x
+            c_x = (1.0 + 0.5 * h * (alpha + alpha2 * (1.0 + h * alpha))) * s_cur / s_next
+            c_D = 0.5 * h * beta * (1.0 + h * alpha2) / s_next
+            x_next = torch.add(x_hat * c_x, D, alpha=c_D)
+            x_next = torch.add(x_next, D2, alpha=0.5 * h * beta2 / s_next)
+        x_hat = x_next
+        run.record(x_hat, s_next)
+    return x_hat * g.s[-1]
 
 
 def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
@@ -505,7 +536,7 @@ def sample(
         own["formulation"] = formulation
 
     dtype = options.get("dtype", torch.float64)
-    grid = make_grid(formulation, steps, options.get("sigmas"))
+    grid = _grid(formulation, steps, options.get("sigmas"))
     with torch.no_grad():
         x = noise.to(dtype) * (grid.s[0] * grid.sigma[0])
         run = _Run(
