@@ -88,5 +88,17 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def markdown(records: list[dict]) -> str:
+    """README table from the JSON line."""
+    r = records[-1]
+    return (
+        "| Q-learning, 100 parallel runs | environment steps / s |\n"
+        "|---|---|\n"
+        f"| driftlab (vectorised over runs) | {r['vectorised_steps_per_s']:,.0f} |\n"
+        f"| per-agent Gymnasium `env.step` loop | {r['loop_steps_per_s']:,.0f} |\n"
+        f"| speed-up | **{r['speedup']:.1f}x** |\n"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -139,8 +139,14 @@ def plot_learning_curves(
     for label, (x, mean, std) in curves.items():
         x, mean, std = (np.asarray(v, dtype=np.float64) for v in (x, mean, std))
         (line,) = ax.plot(x, mean, label=label)
-        low = np.maximum(mean - std, 1e-12) if log_y else mean - std
-        ax.fill_between(x, low, mean + std, color=line.get_color(), alpha=0.2)
+        if log_y:
+            # On a log axis a mean - std band crosses zero; draw the band symmetric in log
+            # space instead: mean / f to mean * f with f = 1 + std / mean.
+            factor = 1 + std / np.maximum(mean, 1e-300)
+            low, high = mean / factor, mean * factor
+        else:
+            low, high = mean - std, mean + std
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
