@@ -205,16 +205,19 @@ def _evaluate_vectors(trainer: Trainer, x, test, likelihood_points: int, seed: i
     order = torch.randperm(len(trainer.dataset), generator=torch.Generator().manual_seed(seed))
     train = trainer.dataset.x[order[:n]]
     m = min(n, 2000)  # MMD is quadratic in the sample size
+    bpd = None
     points = test.x[:likelihood_points].double()
-    logp = log_likelihood(
-        trainer.denoiser(ema=True), points, trainer.formulation, rtol=1e-5, atol=1e-5
-    )
+    if len(points):
+        logp = log_likelihood(
+            trainer.denoiser(ema=True), points, trainer.formulation, rtol=1e-5, atol=1e-5
+        )
+        bpd = float(bits_per_dim(logp, points.shape[1]).mean())
     return {
         "swd": sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(seed)),
         "swd_floor": sliced_wasserstein(train, ref, generator=torch.Generator().manual_seed(seed)),
         "mmd": mmd(x[:m], ref[:m]),
         "mmd_floor": mmd(train[:m], ref[:m]),
-        "bits_per_dim": float(bits_per_dim(logp, points.shape[1]).mean()),
+        "bits_per_dim": bpd,
         "likelihood_points": int(points.shape[0]),
     }
 

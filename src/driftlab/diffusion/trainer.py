@@ -146,8 +146,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1 - decay)
+        # One fused multi-tensor op instead of a Python loop over parameters.
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
         for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
 
@@ -294,6 +294,7 @@ class Trainer:
         loss, per_sample, sigma = self.loss(x0, labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {self.step}")
+        loss_value = loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
@@ -302,7 +303,7 @@ class Trainer:
         self.step += 1
         self.samples_seen += x0.shape[0]
         self._last = (per_sample, sigma)
-        return float(loss)
+        return loss_value.item()
 
     # ----- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
