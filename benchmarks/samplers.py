@@ -1,29 +1,36 @@
-"""Sampler overhead: wall time of a sampler over the time of its bare network evaluations.
+"""Sampler overhead: time of a sampler over the time of its bare network evaluations.
 
 One untrained 3-layer MLP (2 -> 256 -> 256 -> 2, SiLU, with the noise conditioning
 concatenated to the input) is an epsilon-prediction network of the discrete DDPM
 schedule: it takes the variance-preserving ``x_t`` and the time index ``t`` in
 ``[0, 999]``. The same network object is sampled
 
-- by driftlab, as ``sample(Denoiser(net, "vp"), noise, "vp", sampler, steps)``: the library's
+- by driftlab, as ``sample(Denoiser(net, "vp"), noise, vp, sampler, steps)``: the library's
   own VP preconditioning (EDM Table 1: ``c_in = 1/sqrt(1+sigma^2)``, ``c_noise = 999 t``,
-  ``D = x_hat - sigma eps``) on the VP formulation's grid;
+  ``D = x_hat - sigma eps``) on the VP formulation's grid, with the state in float64 (the
+  default) and in float32 (``dtype=torch.float32``);
 - by diffusers, as its pipelines do: ``set_timesteps``, then per step ``scale_model_input``,
   the network on the scheduler's timestep, and ``step(..., return_dict=False)``.
 
 Pairs at equal network evaluations (NFE): ddim <-> DDIMScheduler, euler <->
 EulerDiscreteScheduler, heun <-> HeunDiscreteScheduler (both 2 steps - 1), dpmpp-2m <->
-DPMSolverMultistepScheduler (DPM-Solver++, order 2). The ratio is the sampler's wall time
-over NFE times one bare network call ``net(x, c)`` on the same batch: 1.0 is the physical
-limit, the excess is the sampler's own per-step cost. Everything runs single-threaded under
-``torch.inference_mode()``; the rounds interleave all configurations and each time is the
-minimum over rounds, since the machine is shared and noise only ever adds time.
+DPMSolverMultistepScheduler (DPM-Solver++, order 2). The ratio is the sampler's time over
+NFE times one bare network call ``net(x, c)`` on the same batch: 1.0 is the physical limit,
+the excess is the sampler's own per-step cost (grid set-up included). Everything runs on
+one thread under ``torch.inference_mode()`` and is timed in process CPU time, which equals
+wall time on an idle machine and leaves out the time other processes hold the core on a
+shared one. Each measurement of a sampler sits between two of the bare calls, the rounds
+rotate the order, and the ratio reported is the median over rounds. glibc is asked to keep
+freed memory (``mallopt``): otherwise each 10 MB activation at batch 10,000 is a fresh
+``mmap`` whose page faults cost more than a sampler step and vary with the other processes
+on the machine; the allocator is the same for both libraries and the bare calls.
 
-Prints one JSON line per (library, sampler, batch); progress goes to stderr.
+Prints one JSON line per (library, state dtype, sampler, batch); progress goes to stderr.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import json
 import statistics
@@ -40,7 +47,7 @@ BATCHES = (1, 100, 10_000)
 STEPS = 35  # single-evaluation samplers; Heun gets 18 steps = 35 evaluations
 HEUN_STEPS = 18
 NFE = 35
-ROUNDS = {1: 9, 100: 9, 10_000: 3}
+ROUNDS = {1: 9, 100: 9, 10_000: 5}
 SECONDS_PER_MEASUREMENT = {1: 0.05, 100: 0.05, 10_000: 0.0}  # 0: a single sampling run
 SEED = 0
 
@@ -136,6 +143,18 @@ def count_calls(net: nn.Module, fn: Callable[[], object]) -> int:
     return calls
 
 
+def keep_freed_memory() -> None:
+    """Tell glibc to serve large allocations from its heap and not to trim it (no-op
+    elsewhere), so repeated network calls reuse memory instead of page-faulting."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers in malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def seconds(fn: Callable[[], object], number: int) -> float:
     """Mean CPU time of this process for one of ``number`` back-to-back calls of ``fn``.
 
@@ -151,6 +170,7 @@ def seconds(fn: Callable[[], object], number: int) -> float:
 def main() -> None:
     import diffusers
 
+    keep_freed_memory()
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     net = MLP().eval()
@@ -165,18 +185,21 @@ def main() -> None:
             for _ in range(NFE):
                 net(x, c)
 
-        configs: dict[tuple[str, str], Callable[[], object]] = {}
+        configs: dict[tuple[str, str, str], Callable[[], object]] = {}
         for sampler, make in schedulers.items():
-            configs[("driftlab", sampler)] = ours(net, sampler, noise)
-            configs[("diffusers", sampler)] = theirs(net, make(), steps_for(sampler), noise)
+            configs[("driftlab", "float64", sampler)] = ours(net, sampler, noise)
+            configs[("driftlab", "float32", sampler)] = ours(
+                net, sampler, noise, dtype=torch.float32
+            )
+            configs[("diffusers", "", sampler)] = theirs(net, make(), steps_for(sampler), noise)
         with torch.inference_mode():
-            for (library, sampler), fn in configs.items():
+            for (library, _, sampler), fn in configs.items():
                 calls = count_calls(net, fn)
                 if calls != NFE:
                     raise SystemExit(f"{library} {sampler}: {calls} network calls, expected {NFE}")
             bare()  # warm-up (the configurations were warmed up by counting their calls)
             number = max(1, round(SECONDS_PER_MEASUREMENT[batch] / seconds(bare, 1)))
-            ratios: dict[tuple[str, str], list[float]] = {key: [] for key in configs}
+            ratios: dict[tuple[str, str, str], list[float]] = {key: [] for key in configs}
             bare_times: list[float] = []
             for r in range(ROUNDS[batch]):
                 keys = list(configs)
@@ -192,11 +215,12 @@ def main() -> None:
                     bare_times += [before, after]
                     before = after
             print(f"batch {batch}: {ROUNDS[batch]} rounds of {number} runs", file=sys.stderr)
-        for (library, sampler), values in ratios.items():
+        for (library, state, sampler), values in ratios.items():
             record = {
                 "benchmark": "samplers",
                 "library": library,
                 "version": diffusers.__version__ if library == "diffusers" else driftlab_version(),
+                "state_dtype": state or None,
                 "sampler": sampler,
                 "steps": steps_for(sampler),
                 "batch": batch,
@@ -208,33 +232,40 @@ def main() -> None:
                 "rounds": ROUNDS[batch],
                 "runs_per_measurement": number,
                 "threads": 1,
+                "clock": "process_time",
             }
             print(json.dumps(record), flush=True)
 
 
 def markdown(records: list[dict]) -> str:
-    """README table: ratio to bare network time, driftlab vs diffusers, per batch size."""
-    ratio = {(r["library"], r["sampler"], r["batch"]): r["ratio"] for r in records}
+    """README table: ratio to bare network time per batch size, for driftlab with its default
+    float64 state, driftlab with a float32 state, and diffusers."""
+    ratio = {(r["library"], r.get("state_dtype"), r["sampler"], r["batch"]): r for r in records}
     samplers = list(dict.fromkeys(r["sampler"] for r in records))
     batches = sorted({r["batch"] for r in records})
     names = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp-2m": "DPM-Solver++(2M)"}
-    header = "| sampler | " + " | ".join(f"batch {b:,}: ours / diffusers" for b in batches)
-    lines = [header + " |", "|---|" + "---|" * len(batches)]
+    variants = (("driftlab", "float64"), ("driftlab", "float32"), ("diffusers", None))
+    header = "| sampler | " + " | ".join(f"batch {b:,}" for b in batches) + " |"
+    lines = [header, "|---|" + "---:|" * len(batches)]
     for sampler in samplers:
         cells = []
         for b in batches:
-            mine, peer = ratio.get(("driftlab", sampler, b)), ratio.get(("diffusers", sampler, b))
-            cells.append("" if mine is None or peer is None else f"{mine:.2f} / {peer:.2f}")
+            found = [ratio.get((lib, state, sampler, b)) for lib, state in variants]
+            cells.append(" / ".join("-" if r is None else f"{r['ratio']:.2f}" for r in found))
         lines.append(f"| {names.get(sampler, sampler)} | " + " | ".join(cells) + " |")
     version = next((r["version"] for r in records if r["library"] == "diffusers"), "")
     nfe = records[0]["nfe"] if records else NFE
     bare = {r["batch"]: r["bare_seconds_per_eval"] for r in records}
     lines.append("")
     lines.append(
-        f"Sampler wall time / ({nfe} x one bare network call), median over interleaved "
-        "rounds; 1.00 is the limit. 3-layer MLP (2 -> 256 -> 256 -> 2) as a DDPM "
-        f"epsilon model, one CPU thread, diffusers {version}, driftlab state in float64 "
-        "(its default). Bare call: "
+        "Each cell: driftlab (float64 state, the default) / driftlab (float32 state) / "
+        f"diffusers {version}. Sampler time / ({nfe} x one bare network call), median over "
+        "interleaved rounds of one-thread CPU time; 1.00 is the limit. 3-layer MLP "
+        "(2 -> 256 -> 256 -> 2) as a DDPM epsilon model, the same object for both libraries; "
+        'driftlab wraps it in `Denoiser(net, "vp")`; its grid for a formulation object '
+        "is built on the first call and reused, diffusers' `set_timesteps` runs in every "
+        "call. glibc keeps freed memory (`mallopt`) so that batch 10,000 does not page-fault "
+        "on every network call. Bare call: "
         + ", ".join(f"{bare[b] * 1e6:,.0f} us at batch {b:,}" for b in batches)
         + "."
     )

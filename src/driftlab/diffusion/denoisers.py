@@ -225,12 +225,15 @@ class Denoiser(nn.Module):
         small tensor ops. Samplers use this when it exists.
         """
         sigmas = sigmas.to(like.dtype)
-        c_skip, c_out, c_in, c_noise = (
-            coef.to(like.dtype).expand(sigmas.shape) for coef in self.coefficients(sigmas)
-        )
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigmas)
         dtype = self._net_dtype()
         # The network gets c_noise as forward() gives it: a contiguous [batch] tensor.
-        c_noise = c_noise.to(dtype)[:, None].expand(len(sigmas), like.shape[0]).contiguous()
+        c_noise = c_noise.to(dtype).expand(sigmas.shape)
+        c_noise = c_noise[:, None].expand(len(sigmas), like.shape[0]).contiguous()
+
+        def numbers(coef: torch.Tensor) -> list[float]:
+            values = coef.to(like.dtype).tolist()  # a constant comes back as one number
+            return values if isinstance(values, list) else [values] * len(sigmas)
 
         def level(skip: float, out: float, scale: float, c_noise: torch.Tensor) -> Callable:
             def denoise(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
@@ -244,7 +247,7 @@ class Denoiser(nn.Module):
         return [
             level(*coefs)
             for coefs in zip(
-                c_skip.tolist(), c_out.tolist(), c_in.tolist(), c_noise.unbind(0), strict=True
+                numbers(c_skip), numbers(c_out), numbers(c_in), c_noise.unbind(0), strict=True
             )
         ]
 
