@@ -44,13 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = families.add_parser(
         "demo",
         help="run the demo of every family on built-in data",
-        description="Sample the 8-Gaussian oracle with several samplers and formulations and "
-        "solve the book's grid world; writes tables and pictures to the run directory.",
+        description="Sample the 8-Gaussian oracle with every sampler, train a two-moons model "
+        "for about a minute and sample it, and solve the book's grid world; writes tables and "
+        "pictures to the run directory.",
         formatter_class=_Formatter,
     )
     demo.add_argument("--run-dir", default="runs/demo", help="where the demo writes its outputs")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument(
+        "--train-minutes", type=float, default=1.0, help="budget of the two-moons training"
+    )
     demo.set_defaults(handler=_run_demo)
     return parser
 
@@ -58,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_demo(args: argparse.Namespace) -> None:
     from driftlab.demo import run_demo
 
-    run_demo(args.run_dir, overwrite=args.overwrite, seed=args.seed)
+    run_demo(
+        args.run_dir, overwrite=args.overwrite, seed=args.seed, train_minutes=args.train_minutes
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

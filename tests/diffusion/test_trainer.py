@@ -115,6 +115,48 @@ def test_two_processes_equal_one(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def test_cli_under_torchrun(tmp_path):
+    """``torchrun -m driftlab.cli diffusion train``: rank 0 owns the run directory, both ranks
+    train in step, and the run completes with a checkpoint."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "--master_addr=127.0.0.1",
+            "-m",
+            "driftlab.cli",
+            "diffusion",
+            "train",
+            "--data",
+            "moons",
+            "--n-train",
+            "256",
+            "--hidden",
+            "16",
+            "--depth",
+            "1",
+            "--batch-size",
+            "32",
+            "--steps",
+            "8",
+            "--no-tensorboard",
+            "--run-dir",
+            str(run),
+        ],
+        env=env,
+        check=True,
+        timeout=180,
+        capture_output=True,
+    )
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert load_checkpoint(run / "checkpoint")["step"] == 8
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     original = Trainer.loss
 

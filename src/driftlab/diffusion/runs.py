@@ -14,7 +14,14 @@ from driftlab.core.config import ConfigError, check_choice, check_int
 from driftlab.core.rundir import RunDir, write_json
 from driftlab.diffusion.formulations import get_formulation
 from driftlab.diffusion.samplers import SAMPLERS, evaluations_per_sample, sample
-from driftlab.diffusion.trainer import TrainConfig, Trainer, guided_denoiser, load_trained
+from driftlab.diffusion.trainer import (
+    TrainConfig,
+    Trainer,
+    barrier,
+    guided_denoiser,
+    init_distributed,
+    load_trained,
+)
 
 OUTPUT_SUFFIXES = (".png", ".safetensors", ".npy")
 
@@ -31,15 +38,24 @@ def train_run(
     """Train into ``run_dir``; with ``resume`` continue its checkpoint (``overrides`` may
     extend ``steps`` or ``minutes``). Returns the trainer's summary."""
     config.validate()
+    rank, _ = init_distributed(config.device)
+    if rank != 0:
+        # Under torchrun only rank 0 owns the run directory; the others wait until it is
+        # ready, then train in step (checkpoints and metrics are written by rank 0).
+        barrier()
+        if resume:
+            config = _resumed_config(Path(run_dir), overrides)
+        trainer = Trainer(config, run_dir)
+        if resume:
+            trainer.resume()
+        return trainer.train(show_progress=False)
     with RunDir.create(
         run_dir, {"train": config.to_dict()}, resume=resume, overwrite=overwrite
     ) as run:
         if resume:
-            saved = TrainConfig.from_dict(run.config["train"])
-            for key, value in (overrides or {}).items():
-                setattr(saved, key, value)
-            config = saved.validate()
+            config = _resumed_config(run.path, overrides)
             write_json(run.path / "config.json", {"train": config.to_dict()})
+        barrier()
         trainer = Trainer(config, run.path)
         resumed = trainer.resume() if resume else False
         summary = trainer.train(show_progress=show_progress)
@@ -49,6 +65,17 @@ def train_run(
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
         return summary
+
+
+def _resumed_config(path: Path, overrides: dict[str, Any] | None) -> TrainConfig:
+    """The run's saved configuration with ``steps`` / ``minutes`` overrides applied."""
+    import json
+
+    saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict(saved["train"])
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
+    return config.validate()
 
 
 def _pictures_after_training(trainer: Trainer, path: Path) -> None:

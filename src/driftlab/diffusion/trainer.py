@@ -161,6 +161,27 @@ def _distributed() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def init_distributed(device: str = "auto") -> tuple[int, int]:
+    """Join torchrun's process group (gloo on CPU, NCCL on GPU) once; returns
+    ``(rank, world_size)``. A no-op outside torchrun."""
+    rank, world = _distributed()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 class Trainer:
     """Trains one model; ``run_dir`` receives checkpoints and metrics (rank 0 only)."""
 
@@ -227,11 +248,7 @@ class Trainer:
 
     # ----- distributed -------------------------------------------------------------------
     def _init_distributed(self) -> None:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend)
+        init_distributed(self.device.type)
         if self.device.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0))
             self.device = torch.device("cuda", local)
@@ -364,11 +381,9 @@ class Trainer:
         status = "complete"
         try:
             while self.step < cfg.steps:
-                if self._stop_signal is not None:
-                    status = "interrupted"
-                    break
-                if cfg.minutes is not None and time.perf_counter() - start > 60 * cfg.minutes:
-                    status = "time budget reached"
+                stop = self._should_stop(start)
+                if stop:
+                    status = "interrupted" if stop == 2 else "time budget reached"
                     break
                 try:
                     losses.append(self.train_step())
@@ -408,6 +423,22 @@ class Trainer:
             "seconds": time.perf_counter() - start,
             "signal": self._stop_signal,
         }
+
+    def _should_stop(self, start: float) -> int:
+        """0 to go on, 1 when the time budget is spent, 2 on Ctrl-C/SIGTERM. Under torchrun
+        the ranks agree (the maximum over ranks), so that none waits forever in an
+        all-reduce that the others have left."""
+        stop = 2 if self._stop_signal is not None else 0
+        minutes = self.config.minutes
+        if not stop and minutes is not None and time.perf_counter() - start > 60 * minutes:
+            stop = 1
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([stop], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = int(flag.item())
+        return stop
 
     def _loss_by_noise_level(self) -> dict[str, float]:
         """The last batch's loss in bins of log10(sigma) (EDM Fig. 5's view of training)."""
