@@ -3,8 +3,12 @@
 Every sampler has one signature and works on any denoiser ``D(x_hat, sigma)`` and any
 formulation, so a model of one formulation can be sampled in another's coordinates.
 Samplers are pure functions over a precomputed time grid (no stateful schedulers): the
-grid's coefficients are Python floats computed once, so a step costs a few tensor ops
-beside the denoiser call. The state is float64 by default, as in NVlabs/edm.
+grid's coefficients are Python floats computed once (and kept for a formulation object
+sampled again with the same steps), so a step costs a few tensor ops beside the denoiser
+call. The sigma tensors of the grid are made once per call too; a denoiser that offers
+``at_levels(sigmas, like) -> [D_0, D_1, ...]`` (driftlab's ``Denoiser``) is asked for one
+denoiser per noise level, with its preconditioning computed for the whole grid at once.
+The state is float64 by default, as in NVlabs/edm.
 
 ODE samplers (``euler``, ``heun``, ``dpmpp-2m``) and ``edm-stochastic`` integrate in the
 formulation's own coordinates ``x = s(t) x_hat``; ``ddim``, ``ddpm``, ``pc`` and
