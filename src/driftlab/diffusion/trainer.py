@@ -226,8 +226,13 @@ class Trainer:
         if kind == "auto":
             kind = "mlp" if len(self.dataset.shape) == 1 else "unet"
         torch.manual_seed(config.seed)  # network initialisation
+        network_options = dict(config.network_options)
+        if self.formulation.name in ("vp", "subvp"):
+            # VP's c_noise is DDPM's time index 999 t (EDM Table 1): the sinusoidal embedding
+            # made for it, not random Fourier features, whose scale suits log(sigma)/4.
+            network_options.setdefault("embedding", "positional")
         self.net = build_network(
-            kind, self.dataset.shape, num_classes=self.num_classes, **config.network_options
+            kind, self.dataset.shape, num_classes=self.num_classes, **network_options
         ).to(self.device)
         self.preconditioning = default_preconditioning(self.formulation, config.prediction)
         self.ema = EMA(self.net, config.ema_decay)
