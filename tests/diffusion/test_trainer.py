@@ -120,7 +120,7 @@ def test_cli_under_torchrun(tmp_path):
     train in step, and the run completes with a checkpoint."""
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    proc = subprocess.run(
         [
             sys.executable,
             "-m",
