@@ -279,3 +279,35 @@ def test_oracle_checks_still_hold_for_samplers_on_trained_denoisers():
     gm = GaussianMixture.ring()
     noise = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert sample(gm, noise, get_formulation("edm"), "heun", 5).shape == (10, 2)
+
+
+def test_image_folder_u_net_and_tensorboard(tmp_path):
+    """A folder of the user's PNGs (two class subfolders) trains a class-conditional U-Net
+    for a few steps; TensorBoard events are written beside metrics.jsonl."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for label in ("cats", "dogs"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = (torch.rand(12, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    config = _config(
+        data="folder",
+        data_root=str(tmp_path / "images"),
+        resolution=8,
+        n_train=None,
+        class_conditional=True,
+        batch_size=8,
+        steps=3,
+        network_options={"channels": 8},
+        tensorboard=True,
+        log_every=1,
+    )
+    train_run(config, tmp_path / "run", show_progress=False)
+    trainer = load_trained(tmp_path / "run")
+    assert trainer.dataset.shape == (3, 8, 8) and trainer.num_classes == 2
+    x, labels = generate(trainer, n=4, sampler="euler", steps=3, guidance=2.0)
+    assert x.shape == (4, 3, 8, 8) and labels.tolist() == [0, 1, 0, 1]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "samples.png").exists()
