@@ -79,6 +79,10 @@ def markdown(records: list[dict]) -> str:
             f"| {r['guidance']:g} | {r['class_accuracy']:.3f} | {r['fd']:.3f} | "
             f"{r['fd_floor']:.3f} |"
         )
+    lines.append(
+        "\nGuidance 1 is the conditional model alone; larger guidance buys class fidelity "
+        "with sample diversity (the FD grows)."
+    )
     return "\n".join(lines) + "\n"
 
 
