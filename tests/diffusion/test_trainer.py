@@ -311,3 +311,41 @@ def test_image_folder_u_net_and_tensorboard(tmp_path):
     assert x.shape == (4, 3, 8, 8) and labels.tolist() == [0, 1, 0, 1]
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "samples.png").exists()
+
+
+def test_digits_eval_writes_fd_and_class_accuracy(tmp_path, monkeypatch):
+    """``driftlab diffusion eval`` on a (barely trained) class-conditional digits model writes
+    the Frechet distance, its train-vs-test floor and per-class accuracy to eval.json."""
+    monkeypatch.setenv("DRIFTLAB_CACHE", str(tmp_path / "cache"))
+    config = _config(
+        data="digits",
+        n_train=None,
+        class_conditional=True,
+        batch_size=16,
+        steps=2,
+        network_options={"channels": 8},
+    )
+    train_run(config, tmp_path / "digits", show_progress=False)
+    assert (
+        main(
+            [
+                "diffusion",
+                "eval",
+                "--run-dir",
+                str(tmp_path / "digits"),
+                "--steps",
+                "3",
+                "--n",
+                "40",
+                "--guidance",
+                "2",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "digits" / "eval.json").read_text())
+    assert report["fd"] > report["fd_floor"] > 0  # two steps of training: far from the data
+    assert set(report["class_accuracy"]["per_class"]) == {str(c) for c in range(10)}
+    assert 0.0 <= report["class_accuracy"]["mean"] <= 1.0
+    assert len(report["class_distribution"]) == 10
+    assert report["classifier_test_accuracy"] > 0.95
