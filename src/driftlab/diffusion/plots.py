@@ -18,20 +18,21 @@ def plot_sample_grid(
     reference: torch.Tensor | None = None,
     limit: float = 3.5,
     columns: int = 4,
+    reference_title: str = "data (exact samples)",
 ) -> Path:
     """One scatter panel per entry of ``panels`` (title -> ``[n, 2]`` points), after a first
-    panel of the ``reference`` data when given."""
+    grey panel of the ``reference`` data when given."""
     if reference is not None:
-        panels = {"data (exact samples)": reference, **panels}
+        panels = {reference_title: reference, **panels}
     n = len(panels)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    for ax, (title, points) in zip(axes.flat, panels.items(), strict=False):
+    for i, (ax, (title, points)) in enumerate(zip(axes.flat, panels.items(), strict=False)):
         pts = points.detach().cpu().numpy()
-        color = "0.3" if title == "data (exact samples)" else "tab:blue"
+        color = "0.3" if reference is not None and i == 0 else "tab:blue"
         ax.scatter(pts[:, 0], pts[:, 1], s=1, c=color, alpha=0.5, linewidths=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlim(-limit, limit)

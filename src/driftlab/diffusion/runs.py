@@ -154,7 +154,13 @@ def write_samples(
         from driftlab.diffusion.plots import plot_sample_grid
 
         reference = trainer.dataset.x[: x.shape[0]]
-        plot_sample_grid({"samples": x}, out, reference=reference, limit=_limit(reference))
+        plot_sample_grid(
+            {"samples": x},
+            out,
+            reference=reference,
+            limit=_limit(reference),
+            reference_title="training data",
+        )
     else:
         from driftlab.diffusion.plots import plot_image_grid
 
