@@ -24,13 +24,11 @@ from driftlab.rl.tabular.gridworld import GridWorld
 from driftlab.rl.tabular.planning import greedy_policy
 from driftlab.rl.tabular.runs import (
     ActingPolicy,
+    EpisodeLog,
     Exploration,
     StepSize,
-    check_reference,
-    check_runs,
     check_step_size,
     rmse,
-    start_states,
     step_sizes,
 )
 
@@ -83,8 +81,8 @@ def td_fixed_point(
     return np.linalg.solve(A, b)
 
 
-class _Episodes:
-    """Start states, exploration draws and per-episode returns, lengths and errors."""
+class _Episodes(EpisodeLog):
+    """The shared episode log plus an error curve against the exact answer."""
 
     def __init__(
         self,
@@ -97,18 +95,8 @@ class _Episodes:
         reference: np.ndarray | None,
         shape: tuple[int, ...],
     ) -> None:
-        check_runs(n_runs, episodes, episode_length)
-        self.world, self.n_runs, self.start = world, n_runs, start
-        self.rng = np.random.default_rng(seed)
-        self.reference = check_reference(reference, shape)
-        self.discount = world.gamma * ~world.terminal
+        super().__init__(world, episodes, episode_length, n_runs, seed, start, reference, shape)
         self.errors = None if reference is None else np.zeros((episodes, n_runs))
-        self.returns = np.zeros((episodes, n_runs))
-        self.lengths = np.zeros((episodes, n_runs), dtype=np.int64)
-
-    def start_episode(self) -> tuple[np.ndarray, np.ndarray]:
-        states = start_states(self.world, self.rng, self.n_runs, self.start)
-        return states, ~self.world.terminal[states]
 
     def record(self, episode: int, rewards: np.ndarray, alive: np.ndarray) -> None:
         self.returns[episode] += rewards * alive

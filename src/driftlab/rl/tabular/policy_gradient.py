@@ -20,13 +20,11 @@ from driftlab.core.config import check_in_range, check_int
 from driftlab.rl.losses import discounted_returns
 from driftlab.rl.tabular.gridworld import GridWorld
 from driftlab.rl.tabular.runs import (
+    EpisodeLog,
     StepSize,
-    check_reference,
-    check_runs,
     check_step_size,
     rmse,
     sample_actions,
-    start_states,
     step_sizes,
 )
 
@@ -75,8 +73,9 @@ def policy_values(world: GridWorld, policies: np.ndarray) -> np.ndarray:
     return values
 
 
-class _Runs:
-    """Seeded generator, start states, softmax sampling and per-episode bookkeeping."""
+class _Runs(EpisodeLog):
+    """The shared episode log plus the softmax policy's parameters and its periodic
+    evaluation against the exact answer."""
 
     def __init__(
         self,
@@ -89,21 +88,13 @@ class _Runs:
         reference: np.ndarray | None,
         eval_every: int,
     ) -> None:
-        check_runs(n_runs, episodes, episode_length)
-        check_int("eval_every", eval_every, minimum=1)
-        self.world, self.n_runs, self.start, self.eval_every = world, n_runs, start, eval_every
-        self.rng = np.random.default_rng(seed)
-        self.runs = np.arange(n_runs)
+        super().__init__(
+            world, episodes, episode_length, n_runs, seed, start, reference, (world.n_states,)
+        )
+        self.eval_every = check_int("eval_every", eval_every, minimum=1)
         self.theta = np.zeros((n_runs, world.n_states, world.n_actions))
-        self.reference = check_reference(reference, (world.n_states,))
         self.errors: list[np.ndarray] = []
         self.eval_episodes: list[int] = []
-        self.returns = np.zeros((episodes, n_runs))
-        self.lengths = np.zeros((episodes, n_runs), dtype=np.int64)
-
-    def start_episode(self) -> tuple[np.ndarray, np.ndarray]:
-        states = start_states(self.world, self.rng, self.n_runs, self.start)
-        return states, ~self.world.terminal[states]
 
     def act(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sampled actions and ``pi(. | s)`` of each run at its state."""

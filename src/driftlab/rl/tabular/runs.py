@@ -176,3 +176,39 @@ def check_reference(reference: np.ndarray | None, shape: tuple[int, ...]) -> np.
     if reference.shape != shape:
         raise ConfigError(f"reference must have shape {shape}, got {reference.shape}")
     return reference
+
+
+class EpisodeLog:
+    """What every vectorised learner keeps: a seeded generator, the start states of each
+    episode, and each run's return and length per episode.
+
+    Learners add their own estimates and error curves on top (see ``td``, ``linear`` and
+    ``policy_gradient``); the generator is made here and consumed only by them, so the
+    random stream of a learner is fixed by its seed alone.
+    """
+
+    def __init__(
+        self,
+        world: GridWorld,
+        episodes: int,
+        episode_length: int,
+        n_runs: int,
+        seed: int | None,
+        start: str | int | None,
+        reference: np.ndarray | None,
+        shape: tuple[int, ...],
+    ) -> None:
+        check_runs(n_runs, episodes, episode_length)
+        self.world, self.n_runs, self.start = world, n_runs, start
+        self.rng = np.random.default_rng(seed)
+        self.runs = np.arange(n_runs)
+        self.reference = check_reference(reference, shape)
+        # gamma where s' is live, 0 where it is terminal: never bootstrap past termination.
+        self.discount = world.gamma * ~world.terminal
+        self.returns = np.zeros((episodes, n_runs))
+        self.lengths = np.zeros((episodes, n_runs), dtype=np.int64)
+
+    def start_episode(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each run's start state, and whether it is live (not terminal)."""
+        states = start_states(self.world, self.rng, self.n_runs, self.start)
+        return states, ~self.world.terminal[states]

@@ -32,15 +32,13 @@ from driftlab.rl.tabular.gridworld import GridWorld
 from driftlab.rl.tabular.planning import greedy_policy
 from driftlab.rl.tabular.runs import (
     ActingPolicy,
+    EpisodeLog,
     Exploration,
     StepSize,
-    check_reference,
-    check_runs,
     check_step_size,
     cumulative_policy,
     rmse,
     sample_actions,
-    start_states,
     step_sizes,
 )
 
@@ -66,8 +64,9 @@ class TDResult:
     episode_lengths: np.ndarray
 
 
-class _Runs:
-    """Per-episode bookkeeping shared by the learners: the step size, errors, returns."""
+class _Runs(EpisodeLog):
+    """The shared episode log plus the TD learners' estimate, visit counts, step size and
+    error curve."""
 
     def __init__(
         self,
@@ -82,35 +81,26 @@ class _Runs:
         reference: np.ndarray | None,
         exploring_starts: bool,
     ) -> None:
-        check_runs(n_runs, episodes, episode_length)
+        super().__init__(
+            world, episodes, episode_length, n_runs, seed, start, reference, estimate_shape
+        )
         self.exploring_starts = bool(exploring_starts)
-        self.world = world
         self.alpha = check_step_size("alpha", alpha)
-        self.n_runs = n_runs
-        self.start = start
-        self.reference = check_reference(reference, estimate_shape)
-        self.rng = np.random.default_rng(seed)
-        self.runs = np.arange(n_runs)
         self.estimate = np.zeros((n_runs, *estimate_shape))
         self.counts = np.zeros((n_runs, *estimate_shape))
         # Flat views: a 1-d fancy index per step is much cheaper than a 3-d one.
         self.flat_estimate = self.estimate.reshape(-1)
         self.flat_counts = self.counts.reshape(-1)
         self.run_offset = self.runs * int(np.prod(estimate_shape))
-        # gamma where s' is live, 0 where it is terminal: never bootstrap past termination.
-        self.discount = world.gamma * ~world.terminal
         self.episodic = bool(world.terminal.any())
         self.episode_return = np.zeros(n_runs)
         self.episode_steps = np.zeros(n_runs, dtype=np.int64)
         self.errors = None if reference is None else np.zeros((episodes, n_runs))
-        self.returns = np.zeros((episodes, n_runs))
-        self.lengths = np.zeros((episodes, n_runs), dtype=np.int64)
 
     def start_episode(self) -> tuple[np.ndarray, np.ndarray]:
         self.episode_return[:] = 0.0
         self.episode_steps[:] = 0
-        states = start_states(self.world, self.rng, self.n_runs, self.start)
-        return states, ~self.world.terminal[states]
+        return super().start_episode()
 
     def first_actions(
         self, acting: ActingPolicy, greedy: np.ndarray, states: np.ndarray
