@@ -18,6 +18,7 @@ from driftlab.diffusion.trainer import (
     TrainConfig,
     Trainer,
     barrier,
+    finish_distributed,
     guided_denoiser,
     init_distributed,
     load_trained,
@@ -45,10 +46,13 @@ def train_run(
         barrier()
         if resume:
             config = _resumed_config(Path(run_dir), overrides)
-        trainer = Trainer(config, run_dir)
-        if resume:
-            trainer.resume()
-        return trainer.train(show_progress=False)
+        try:
+            trainer = Trainer(config, run_dir)
+            if resume:
+                trainer.resume()
+            return trainer.train(show_progress=False)
+        finally:
+            finish_distributed()
     with RunDir.create(
         run_dir, {"train": config.to_dict()}, resume=resume, overwrite=overwrite
     ) as run:
@@ -56,12 +60,14 @@ def train_run(
             config = _resumed_config(run.path, overrides)
             write_json(run.path / "config.json", {"train": config.to_dict()})
         barrier()
-        trainer = Trainer(config, run.path)
-        resumed = trainer.resume() if resume else False
-        summary = trainer.train(show_progress=show_progress)
-        summary["resumed"] = resumed
-        if trainer.is_main:
+        try:
+            trainer = Trainer(config, run.path)
+            resumed = trainer.resume() if resume else False
+            summary = trainer.train(show_progress=show_progress)
+            summary["resumed"] = resumed
             _pictures_after_training(trainer, run.path)
+        finally:
+            finish_distributed()
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
         return summary

@@ -182,6 +182,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then leave the process group, so that no rank exits while
+    another still talks to it (gloo aborts a process torn down mid-collective)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class Trainer:
     """Trains one model; ``run_dir`` receives checkpoints and metrics (rank 0 only)."""
 
