@@ -249,6 +249,30 @@ def test_cli_train_sample_eval_and_interrupt(tmp_path):
     )
     assert load_checkpoint(tmp_path / "s")["samples"].shape == (50, 2)
     assert (
+        main(
+            [
+                "diffusion",
+                "sample",
+                "--run-dir",
+                str(run),
+                "--sampler",
+                "heun",
+                "--steps",
+                "8",
+                "--formulation",
+                "fm",
+                "--out",
+                str(tmp_path / "s.png"),
+                "--trajectories",
+                str(tmp_path / "paths.png"),
+                "--n",
+                "200",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "s.png").exists() and (tmp_path / "paths.png").exists()
+    assert (
         main(["diffusion", "sample", "--run-dir", str(run), "--out", str(tmp_path / "s.txt")]) == 2
     )
     assert main(["diffusion", "eval", "--run-dir", str(run), "--steps", "10", "--n", "300"]) == 0

@@ -163,6 +163,11 @@ def _add_sample_and_eval(verbs: argparse._SubParsersAction, formatter: type) -> 
             p.add_argument(
                 "--class-label", type=int, default=None, help="class to sample (default: all)"
             )
+            p.add_argument(
+                "--trajectories",
+                default=None,
+                help="also draw the paths of 100 samples to this PNG (2-D data)",
+            )
             p.set_defaults(handler=run_sample)
         else:
             p.set_defaults(handler=run_eval)
@@ -317,8 +322,11 @@ def run_sample(args: argparse.Namespace) -> None:
         class_label=args.class_label,
         guidance=args.guidance,
         out=args.out,
+        trajectory_out=args.trajectories,
     )
     print(f"wrote {n} samples to {args.out}")
+    if args.trajectories:
+        print(f"wrote their paths to {args.trajectories}")
 
 
 def run_eval(args: argparse.Namespace) -> None:

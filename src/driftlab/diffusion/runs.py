@@ -106,15 +106,22 @@ def generate(
     class_label: int | None = None,
     guidance: float = 1.0,
     out: str | Path | None = None,
+    trajectory_out: str | Path | None = None,
     **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample ``n`` items from a trained model (EMA weights) with any sampler and formulation;
     class-conditional models sample the classes in turn (or ``class_label``) with guidance.
-    Returns ``(samples, labels)``, labels ``None`` for unconditional models."""
+    ``trajectory_out`` (2-D data) draws the paths of the first 100 samples in the
+    formulation's coordinates. Returns ``(samples, labels)``, labels ``None`` for
+    unconditional models."""
     check_int("n", n, minimum=1)
     check_choice("sampler", sampler, SAMPLERS)
     check_int("steps", steps, minimum=1)
-    form = get_formulation(formulation) if formulation else trainer.formulation
+    form = trainer.formulation
+    if formulation and formulation != form.name:
+        # Another formulation's coordinates, on the noise interval the model was trained on:
+        # its own default range (FM reaches sigma = 999) may lie outside it.
+        form = get_formulation(formulation, sigma_min=form.sigma_min, sigma_max=form.sigma_max)
     denoiser = trainer.denoiser(ema=True)
     labels = None
     if trainer.num_classes:
@@ -130,12 +137,31 @@ def generate(
         denoiser = guided_denoiser(denoiser, labels, guidance, trainer.num_classes)
     elif class_label is not None:
         raise ConfigError("class_label needs a class-conditional model; this run has none")
+    if trajectory_out is not None and len(trainer.dataset.shape) != 1:
+        raise ConfigError("trajectory pictures are drawn for 2-D data only")
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, *trainer.dataset.shape), generator=generator)
     with torch.no_grad():
-        x = sample(denoiser, noise, form, sampler, steps, generator=generator, **options)
+        result = sample(
+            denoiser,
+            noise,
+            form,
+            sampler,
+            steps,
+            generator=generator,
+            return_trajectory=trajectory_out is not None,
+            **options,
+        )
+    x, trajectory = result if trajectory_out is not None else (result, None)
     if out is not None:
         write_samples(x, out, trainer, labels)
+    if trajectory is not None:
+        from driftlab.diffusion.plots import plot_trajectories
+
+        title = f"{sampler} / {form.name}, {steps} steps: x_t in {form.name} coordinates"
+        plot_trajectories(
+            {title: trajectory[:, :100]}, trajectory_out, limit=_limit(trainer.dataset.x)
+        )
     return x, labels
 
 
