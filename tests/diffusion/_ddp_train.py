@@ -5,7 +5,7 @@ import sys
 import torch
 
 from driftlab.core import save_checkpoint
-from driftlab.diffusion.trainer import TrainConfig, Trainer, finish_distributed
+from driftlab.diffusion.trainer import TrainConfig, Trainer
 
 torch.set_num_threads(1)
 out, steps = sys.argv[1], int(sys.argv[2])
@@ -23,4 +23,4 @@ trainer = Trainer(config)
 trainer.train(show_progress=False)
 if trainer.is_main:
     save_checkpoint(out, {"net": trainer.net.state_dict()})
-finish_distributed()
+trainer.close()

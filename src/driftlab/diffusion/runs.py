@@ -46,13 +46,17 @@ def train_run(
         barrier()
         if resume:
             config = _resumed_config(Path(run_dir), overrides)
+        trainer = None
         try:
             trainer = Trainer(config, run_dir)
             if resume:
                 trainer.resume()
             return trainer.train(show_progress=False)
         finally:
-            finish_distributed()
+            if trainer is not None:
+                trainer.close()
+            else:
+                finish_distributed()
     with RunDir.create(
         run_dir, {"train": config.to_dict()}, resume=resume, overwrite=overwrite
     ) as run:
@@ -60,6 +64,7 @@ def train_run(
             config = _resumed_config(run.path, overrides)
             write_json(run.path / "config.json", {"train": config.to_dict()})
         barrier()
+        trainer = None
         try:
             trainer = Trainer(config, run.path)
             resumed = trainer.resume() if resume else False
@@ -67,7 +72,10 @@ def train_run(
             summary["resumed"] = resumed
             _pictures_after_training(trainer, run.path)
         finally:
-            finish_distributed()
+            if trainer is not None:
+                trainer.close()
+            else:
+                finish_distributed()
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
         return summary

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import os
 import signal
 import time
@@ -272,6 +273,14 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def close(self) -> None:
+        """Drop the data-parallel wrapper and leave torchrun's process group. The wrapper's
+        pending gloo work holds tensors that, destroyed during interpreter shutdown, abort
+        the process; releasing them first makes every rank exit cleanly."""
+        self.model = self.net
+        gc.collect()
+        finish_distributed()
 
     # ----- the loss ----------------------------------------------------------------------
     def denoiser(self, ema: bool = True) -> Denoiser:
