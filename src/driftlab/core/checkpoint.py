@@ -29,7 +29,8 @@ def _decode_key(key: str) -> Any:
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
-        tensors[prefix] = obj.detach().cpu().contiguous()
+        # A copy: views of one storage (flat parameters, shared arrays) must not alias on disk.
+        tensors[prefix] = obj.detach().cpu().clone(memory_format=torch.contiguous_format)
         return {_TENSOR: prefix}
     if isinstance(obj, dict):
         return {_encode_key(k): _flatten(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}

@@ -1,0 +1,248 @@
+"""Networks of the deep RL learners: MLP bodies, stochastic and deterministic policies, critics.
+
+Policies compute their log-probabilities and entropies in closed form instead of through
+``torch.distributions`` objects: the formulas are one line each, and a rollout step then
+costs one network call and a few tensor ops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from driftlab.core.config import ConfigError, check_choice
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class MLP(nn.Module):
+    """``in -> hidden... -> out`` with one activation between layers.
+
+    Its forward pass calls ``functional.linear`` and the activation directly: the arithmetic
+    of an ``nn.Sequential`` without a module call per layer, which is most of the time of a
+    small network on a small batch."""
+
+    def __init__(self, sizes: list[int], activation: str) -> None:
+        super().__init__()
+        check_choice("activation", activation, ACTIVATIONS)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = functional.linear(x, layer.weight, layer.bias)
+            if i < last:
+                x = self.activation(x)
+        return x
+
+
+def mlp(
+    in_dim: int,
+    hidden_sizes: tuple[int, ...] | list[int],
+    out_dim: int,
+    activation: str = "tanh",
+    out_gain: float = 1.0,
+    ortho_init: bool = True,
+) -> MLP:
+    """``in -> hidden... -> out``. With ``ortho_init`` weights are orthogonal with gain
+    sqrt(2) in hidden layers and ``out_gain`` at the output, biases zero (the initialisation
+    of OpenAI Baselines' PPO, which matters for PPO's results); otherwise PyTorch's default."""
+    net = MLP([in_dim, *hidden_sizes, out_dim], activation)
+    if ortho_init:
+        for i, linear in enumerate(net.layers):
+            last = i == len(net.layers) - 1
+            nn.init.orthogonal_(linear.weight, gain=out_gain if last else math.sqrt(2))
+            nn.init.zeros_(linear.bias)
+    return net
+
+
+def obs_dim(space: gym.Space) -> int:
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"observations must be a Box space, got {space}")
+    return int(np.prod(space.shape))
+
+
+class CategoricalPolicy(nn.Module):
+    """``pi(a|s) = softmax(logits(s))_a`` for a Discrete action space."""
+
+    discrete = True
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: tuple[int, ...],
+        activation: str = "tanh",
+        ortho_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.logits = mlp(obs_dim, hidden_sizes, n_actions, activation, 0.01, ortho_init)
+
+    def sample(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled actions and their log-probabilities."""
+        log_probs = torch.log_softmax(self.logits(obs), dim=-1)
+        actions = torch.multinomial(log_probs.exp(), 1, generator=generator)
+        return actions.squeeze(-1), log_probs.gather(-1, actions).squeeze(-1)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.logits(obs).argmax(dim=-1)
+
+    def log_prob_entropy(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log pi(a|s)`` and the entropy ``-sum_a pi log pi`` of each row."""
+        log_probs = torch.log_softmax(self.logits(obs), dim=-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+
+
+class GaussianPolicy(nn.Module):
+    """``pi(a|s) = N(mu(s), diag(exp(log_std))^2)`` with a state-independent ``log_std``
+    (Schulman et al. 2015/2017's continuous-control policy). Actions are unbounded here; the
+    learner clips them to the action box when stepping the environment."""
+
+    discrete = False
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: str = "tanh",
+        ortho_init: bool = True,
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.mean = mlp(obs_dim, hidden_sizes, action_dim, activation, 0.01, ortho_init)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+
+    def sample(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean(obs)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        actions = mean + self.log_std.exp() * noise
+        return actions, self._log_prob(noise)
+
+    def _log_prob(self, noise: torch.Tensor) -> torch.Tensor:
+        # log N(a; mu, sigma) = -|z|^2/2 - sum log sigma - d/2 log(2 pi), z = (a - mu)/sigma
+        d = noise.shape[-1]
+        return -0.5 * noise.pow(2).sum(-1) - self.log_std.sum() - 0.5 * d * math.log(2 * math.pi)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mean(obs)
+
+    def log_prob_entropy(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = (actions - self.mean(obs)) * torch.exp(-self.log_std)
+        entropy = (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+        return self._log_prob(noise), entropy.expand(noise.shape[0])
+
+
+def make_policy(
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    hidden_sizes: tuple[int, ...],
+    activation: str = "tanh",
+    ortho_init: bool = True,
+    log_std_init: float = 0.0,
+) -> CategoricalPolicy | GaussianPolicy:
+    """A categorical policy for Discrete actions, a Gaussian one for Box actions."""
+    n_obs = obs_dim(observation_space)
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalPolicy(n_obs, int(action_space.n), hidden_sizes, activation, ortho_init)
+    if isinstance(action_space, gym.spaces.Box):
+        dim = int(np.prod(action_space.shape))
+        return GaussianPolicy(n_obs, dim, hidden_sizes, activation, ortho_init, log_std_init)
+    raise ConfigError(f"action space must be Discrete or Box, got {action_space}")
+
+
+class ValueNet(nn.Module):
+    """``v(s)``: one number per observation."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: str = "tanh",
+        ortho_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, 1, activation, 1.0, ortho_init)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class DiscreteQNet(nn.Module):
+    """``q(s, .)``: one value per discrete action (DQN's network)."""
+
+    def __init__(
+        self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...], activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, n_actions, activation, ortho_init=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class ContinuousQNet(nn.Module):
+    """``q(s, a)`` for continuous actions: the action joins the observation at the input."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, hidden_sizes, 1, activation, ortho_init=False)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, actions], dim=-1)).squeeze(-1)
+
+
+class DeterministicPolicy(nn.Module):
+    """``mu(s) = low + (tanh(f(s)) + 1) (high - low) / 2``: a deterministic policy inside the
+    action box (DDPG, TD3)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: gym.spaces.Box,
+        hidden_sizes: tuple[int, ...],
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        dim = int(np.prod(action_space.shape))
+        self.net = mlp(obs_dim, hidden_sizes, dim, activation, ortho_init=False)
+        low = torch.as_tensor(action_space.low, dtype=torch.float32).reshape(dim)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32).reshape(dim)
+        self.register_buffer("center", (high + low) / 2)
+        self.register_buffer("half_range", (high - low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.center + self.half_range * torch.tanh(self.net(obs))
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau source`` (DDPG's soft target update; tau = 1 copies)."""
+    target_params = list(target.parameters())
+    source_params = list(source.parameters())
+    if tau == 1.0:
+        torch._foreach_copy_(target_params, source_params)
+    else:
+        torch._foreach_lerp_(target_params, source_params, tau)

@@ -1,0 +1,146 @@
+"""Proximal Policy Optimization (Schulman et al. 2017, "Proximal Policy Optimization Algorithms").
+
+Each iteration collects ``n_steps`` steps of ``n_envs`` environments with the current policy,
+estimates advantages by GAE (Schulman et al. 2016), then takes ``n_epochs`` passes of
+minibatch Adam steps on
+
+    L = E[ max(-r A, -clip(r, 1 - eps, 1 + eps) A) ]      (PPO eq. 7, r = pi / pi_old)
+        + vf_coef * E[(v(s) - R)^2]  (optionally clipped around the old values)
+        - ent_coef * E[H(pi(.|s))],
+
+with advantages normalised per minibatch, the learning rate and the clip range optionally
+annealed linearly to 0, and the global gradient norm clipped. Discrete actions get a
+categorical policy, continuous ones a Gaussian with a state-independent log-std.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from driftlab.rl.deep.algorithm import Algorithm
+from driftlab.rl.deep.buffers import RolloutBuffer, minibatches
+from driftlab.rl.deep.networks import ValueNet, make_policy, obs_dim
+from driftlab.rl.deep.optim import FlatParameters, adam
+from driftlab.rl.losses import clipped_surrogate_loss, clipped_value_loss
+
+
+class PPO(Algorithm):
+    """``PPO(env, seed=0, **hyperparameters)``; see :mod:`driftlab.rl.deep.presets`."""
+
+    name = "ppo"
+
+    def build(self) -> None:
+        c = self.config
+        self.policy = make_policy(
+            self.observation_space,
+            self.action_space,
+            c["hidden_sizes"],
+            c["activation"],
+            c["ortho_init"],
+            c["log_std_init"],
+        )
+        self.value = ValueNet(
+            obs_dim(self.observation_space), c["hidden_sizes"], c["activation"], c["ortho_init"]
+        )
+        self.flat = FlatParameters([*self.policy.parameters(), *self.value.parameters()])
+        self.optimizer = adam(self.flat, c["learning_rate"], eps=1e-5)
+        discrete = self.policy.discrete
+        self.buffer = RolloutBuffer(
+            c["n_steps"],
+            self.envs.num_envs,
+            self.observation_space.shape,
+            () if discrete else self.action_space.shape,
+            torch.long if discrete else torch.float32,
+        )
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"policy": self.policy, "value": self.value}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        if deterministic:
+            return self.policy.mode(obs)
+        return self.policy.sample(obs, self.generator)[0]
+
+    def iteration(self) -> dict[str, float]:
+        self.collect()
+        return self.update()
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        """Fill the rollout buffer with ``n_steps`` steps of every environment, then GAE."""
+        c, buffer = self.config, self.buffer
+        buffer.reset()
+        while not buffer.full:
+            obs = torch.from_numpy(self.obs)
+            actions, log_probs = self.policy.sample(obs, self.generator)
+            step = self.envs.step(self.to_env_actions(actions))
+            buffer.add(
+                obs,
+                actions,
+                log_probs,
+                self.value(obs),
+                step.rewards,
+                step.terminated,
+                step.truncated,
+                step.final_obs,
+            )
+            self.obs = step.obs
+            self.num_steps += self.envs.num_envs
+        last_values = self.value(torch.from_numpy(self.obs))
+        buffer.compute_advantages(last_values, self.value, c["gamma"], c["gae_lambda"])
+
+    def update(self) -> dict[str, float]:
+        """``n_epochs`` passes of minibatch gradient steps on the clipped objective."""
+        c = self.config
+        lr = self.scheduled(c["learning_rate"], c["lr_schedule"])
+        self.set_learning_rate(self.optimizer, lr)
+        clip = self.scheduled(c["clip_range"], c["clip_schedule"])
+        data = self.buffer.flat()
+        n = data["obs"].shape[0]
+        for _ in range(c["n_epochs"]):
+            for index in minibatches(n, c["batch_size"], self.generator):
+                advantages = data["advantages"][index]
+                if c["normalize_advantage"] and len(index) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                old_log_probs = data["log_probs"][index]
+                log_probs, entropy = self.policy.log_prob_entropy(
+                    data["obs"][index], data["actions"][index]
+                )
+                policy_loss = clipped_surrogate_loss(
+                    log_probs, old_log_probs, advantages, clip
+                ).mean()
+                # vf_coef weighs the mean squared error (twice the 0.5-scaled loss), as in
+                # Stable-Baselines3, so that presets carry over with the same meaning.
+                value_loss = (
+                    2.0
+                    * clipped_value_loss(
+                        self.value(data["obs"][index]),
+                        data["values"][index],
+                        data["returns"][index],
+                        c["clip_range_vf"],
+                    ).mean()
+                )
+                entropy_mean = entropy.mean()
+                loss = policy_loss + c["vf_coef"] * value_loss - c["ent_coef"] * entropy_mean
+                self.flat.zero_grad()
+                loss.backward()
+                self.flat.clip_grad_norm(c["max_grad_norm"])
+                self.optimizer.step()
+                self.num_updates += 1
+        with torch.no_grad():
+            log_ratio = log_probs.detach() - old_log_probs
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()  # k3 of the last minibatch
+            clip_fraction = ((log_ratio.exp() - 1).abs() > clip).float().mean()
+        return {
+            "policy_loss": float(policy_loss.detach()),
+            "value_loss": float(value_loss.detach()),
+            "entropy": float(entropy_mean.detach()),
+            "approx_kl": float(approx_kl),
+            "clip_fraction": float(clip_fraction),
+            "learning_rate": lr,
+            "clip_range": clip,
+        }
