@@ -84,7 +84,8 @@ class Algorithm:
         self.action_space = self.envs.single_action_space
         self.num_steps = 0  # environment steps, summed over the parallel copies
         self.num_updates = 0
-        self.target_steps = 0  # where the current learn() call stops; schedules decay to it
+        self.target_steps = 0  # where the current learn() call stops
+        self.horizon = 0  # where linear schedules reach 0 (the learn() target by default)
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.obs: np.ndarray | None = None
         self.build()
@@ -131,9 +132,9 @@ class Algorithm:
     @property
     def progress_remaining(self) -> float:
         """1 at the start of training, 0 at its end: the clock of linear schedules."""
-        if self.target_steps <= 0:
+        if self.horizon <= 0:
             return 1.0
-        return max(0.0, 1.0 - self.num_steps / self.target_steps)
+        return max(0.0, 1.0 - self.num_steps / self.horizon)
 
     def scheduled(self, value: float, schedule: str) -> float:
         """``value`` under a ``"constant"`` or ``"linear"`` (to 0 at the end) schedule."""
@@ -164,6 +165,7 @@ class Algorithm:
         checkpoint: str | Path | None = None,
         checkpoint_every: int | None = None,
         save_buffer: bool = False,
+        horizon: int | None = None,
     ) -> Algorithm:
         """Train for ``total_steps`` more environment steps (summed over parallel copies).
 
@@ -171,11 +173,14 @@ class Algorithm:
         steps, the algorithm's metrics. With ``checkpoint`` (a path stem) the full training
         state is saved every ``checkpoint_every`` steps, at the end, and on Ctrl-C (which
         then propagates); :meth:`load` and another ``learn`` resume exactly where it stopped.
+        Linear schedules reach 0 at ``horizon`` steps in all (default: the end of this call,
+        as Stable-Baselines3 does); pass it to train one schedule in several calls.
         """
         check_int("total_steps", total_steps, minimum=1)
         self.reset_envs()
         start = self.num_steps
         self.target_steps = start + total_steps
+        self.horizon = self.target_steps if horizon is None else check_int("horizon", horizon, 1)
         next_log = start + log_every
         next_checkpoint = start + checkpoint_every if checkpoint_every else math.inf
         bar = progress(total=total_steps, desc=self.name, disable=not show_progress, unit="step")
@@ -282,6 +287,7 @@ class Algorithm:
                 "num_steps": self.num_steps,
                 "num_updates": self.num_updates,
                 "target_steps": self.target_steps,
+                "horizon": self.horizon,
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -308,6 +314,7 @@ class Algorithm:
         self.num_steps = counters["num_steps"]
         self.num_updates = counters["num_updates"]
         self.target_steps = counters["target_steps"]
+        self.horizon = counters["horizon"]
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         self.rng.bit_generator.state = state["rng"]["numpy"]

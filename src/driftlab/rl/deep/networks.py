@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +19,33 @@ from torch.nn import functional
 
 from driftlab.core.config import ConfigError, check_choice
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+class _Tanh(torch.autograd.Function):
+    """``tanh(x) = 2 sigmoid(2x) - 1``, with tanh's own backward ``g (1 - y^2)``.
+
+    The same function to float32 rounding (|error| < 2e-7); on the CPU builds we measured,
+    PyTorch's sigmoid kernel is several times faster than its tanh kernel, and tanh layers
+    are a large share of a small policy network's time."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    if x.numel() < 4096:  # small batches (acting): the autograd.Function's own cost dominates
+        return torch.tanh(x)
+    return _Tanh.apply(x)
+
+
+ACTIVATIONS = {"tanh": tanh, "relu": torch.relu}
 
 
 class MLP(nn.Module):
