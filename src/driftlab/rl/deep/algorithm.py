@@ -30,7 +30,7 @@ from driftlab.core.config import ConfigError, check_choice, check_int
 from driftlab.core.metrics import MetricsLogger
 from driftlab.core.progress import progress
 from driftlab.core.seeding import seed_everything
-from driftlab.rl.deep.envs import VecEnv, env_id
+from driftlab.rl.deep.envs import AsyncVecEnv, VecEnv, env_id
 from driftlab.rl.deep.presets import hyperparameters
 
 # Class name -> module, and algorithm name (as in presets and the CLI) -> module.
@@ -92,7 +92,8 @@ class Algorithm:
 
     def make_envs(self, env: str | gym.Env) -> VecEnv:
         c = self.config
-        return VecEnv(
+        vector = AsyncVecEnv if c.get("async_envs", False) else VecEnv
+        return vector(
             env,
             n_envs=c.get("n_envs", 1),
             seed=self.seed,

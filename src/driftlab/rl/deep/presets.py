@@ -62,6 +62,8 @@ _COMMON: dict[str, object] = {
     "learning_rate": 3e-4,
     "lr_schedule": "constant",
     "n_envs": 1,
+    # Step the n_envs copies in worker processes (worth it for slow environments only).
+    "async_envs": False,
     "hidden_sizes": (64, 64),
     "activation": "tanh",
     "normalize_obs": False,
@@ -127,6 +129,8 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "n_steps": 5,
         "critic_learning_rate": 1e-3,
         "ent_coef": 0.0,
+        # False: the basic QAC's weight q(s, a); True: q(s, a) - sum_b pi(b|s) q(s, b).
+        "baseline": False,
     },
     "a2c": {
         **_COMMON,
@@ -609,6 +613,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "learning_rate": check_positive,
     "lr_schedule": _choice("constant", "linear"),
     "n_envs": _int_at_least(1),
+    "async_envs": _bool,
     "hidden_sizes": _hidden_sizes,
     "activation": _choice("tanh", "relu"),
     "normalize_obs": _bool,
