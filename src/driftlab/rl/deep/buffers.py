@@ -168,8 +168,9 @@ class ReplayBuffer:
         """Add one step of ``n`` environments (leading dimension ``n``)."""
         n = len(rewards)
         index = (torch.arange(n) + self.pos) % self.capacity if n > 1 else self.pos
-        self.obs[index] = torch.as_tensor(obs)
-        self.next_obs[index] = torch.as_tensor(next_obs)
+        # Cast explicitly: index_put (several envs) refuses float64 where a slice would cast.
+        self.obs[index] = torch.as_tensor(obs, dtype=self.obs.dtype)
+        self.next_obs[index] = torch.as_tensor(next_obs, dtype=self.next_obs.dtype)
         self.actions[index] = torch.as_tensor(actions, dtype=self.actions.dtype)
         self.rewards[index] = torch.as_tensor(rewards, dtype=torch.float32)
         self.terminated[index] = torch.as_tensor(terminated, dtype=torch.float32)

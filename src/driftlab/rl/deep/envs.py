@@ -42,7 +42,8 @@ def make_env(env: str | gym.Env, render_mode: str | None = None, **kwargs: Any) 
         raise ConfigError(f"env must be a Gymnasium id or environment, got {env!r}")
     try:
         return gym.make(env, render_mode=render_mode, disable_env_checker=True, **kwargs)
-    except gym.error.Error as error:
+    except (gym.error.Error, ModuleNotFoundError) as error:
+        # "module:Env-v0" ids import their module first; a missing one is a bad id too.
         raise ConfigError(f"unknown environment {env!r}: {error}") from None
 
 
