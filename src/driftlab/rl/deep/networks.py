@@ -123,6 +123,11 @@ class CategoricalPolicy(nn.Module):
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.logits(obs).argmax(dim=-1)
 
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``log pi(a|s)`` of each row."""
+        log_probs = torch.log_softmax(self.logits(obs), dim=-1)
+        return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
     def log_prob_entropy(
         self, obs: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +172,9 @@ class GaussianPolicy(nn.Module):
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mean(obs)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self._log_prob((actions - self.mean(obs)) * torch.exp(-self.log_std))
 
     def log_prob_entropy(
         self, obs: torch.Tensor, actions: torch.Tensor

@@ -93,6 +93,32 @@ class PPO(Algorithm):
         last_values = self.value(torch.from_numpy(self.obs))
         buffer.compute_advantages(last_values, self.value, c["gamma"], c["gae_lambda"])
 
+    def losses(
+        self, batch: dict[str, torch.Tensor], clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The three terms of PPO's objective on one minibatch: the clipped surrogate (eq. 7),
+        the value error and the policy's mean entropy (``None`` when ``ent_coef`` is 0, which
+        saves computing it)."""
+        c = self.config
+        advantages = batch["advantages"]
+        if c["normalize_advantage"] and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        if c["ent_coef"] > 0:
+            log_probs, entropy = self.policy.log_prob_entropy(batch["obs"], batch["actions"])
+            entropy = entropy.mean()
+        else:
+            log_probs, entropy = self.policy.log_prob(batch["obs"], batch["actions"]), None
+        policy_loss = clipped_surrogate_loss(log_probs, batch["log_probs"], advantages, clip).mean()
+        # vf_coef weighs the mean squared error (twice the 0.5-scaled loss), as in
+        # Stable-Baselines3, so that presets carry over with the same meaning.
+        value_loss = (
+            2.0
+            * clipped_value_loss(
+                self.value(batch["obs"]), batch["values"], batch["returns"], c["clip_range_vf"]
+            ).mean()
+        )
+        return policy_loss, value_loss, entropy
+
     def update(self) -> dict[str, float]:
         """``n_epochs`` passes of minibatch gradient steps on the clipped objective."""
         c = self.config
@@ -102,43 +128,31 @@ class PPO(Algorithm):
         data = self.buffer.flat()
         n = data["obs"].shape[0]
         for _ in range(c["n_epochs"]):
-            for index in minibatches(n, c["batch_size"], self.generator):
-                advantages = data["advantages"][index]
-                if c["normalize_advantage"] and len(index) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                old_log_probs = data["log_probs"][index]
-                log_probs, entropy = self.policy.log_prob_entropy(
-                    data["obs"][index], data["actions"][index]
-                )
-                policy_loss = clipped_surrogate_loss(
-                    log_probs, old_log_probs, advantages, clip
-                ).mean()
-                # vf_coef weighs the mean squared error (twice the 0.5-scaled loss), as in
-                # Stable-Baselines3, so that presets carry over with the same meaning.
-                value_loss = (
-                    2.0
-                    * clipped_value_loss(
-                        self.value(data["obs"][index]),
-                        data["values"][index],
-                        data["returns"][index],
-                        c["clip_range_vf"],
-                    ).mean()
-                )
-                entropy_mean = entropy.mean()
-                loss = policy_loss + c["vf_coef"] * value_loss - c["ent_coef"] * entropy_mean
+            # One minibatch of everything needs no shuffle: a mean does not see the order.
+            if c["batch_size"] >= n:
+                batches = [data]
+            else:
+                indices = minibatches(n, c["batch_size"], self.generator)
+                batches = ({k: v[index] for k, v in data.items()} for index in indices)
+            for batch in batches:
+                policy_loss, value_loss, entropy = self.losses(batch, clip)
+                loss = policy_loss + c["vf_coef"] * value_loss
+                if c["ent_coef"] > 0:
+                    loss = loss - c["ent_coef"] * entropy
                 self.flat.zero_grad()
                 loss.backward()
                 self.flat.clip_grad_norm(c["max_grad_norm"])
                 self.optimizer.step()
                 self.num_updates += 1
         with torch.no_grad():
-            log_ratio = log_probs.detach() - old_log_probs
+            log_probs, entropy = self.policy.log_prob_entropy(batch["obs"], batch["actions"])
+            log_ratio = log_probs - batch["log_probs"]
             approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()  # k3 of the last minibatch
             clip_fraction = ((log_ratio.exp() - 1).abs() > clip).float().mean()
         return {
             "policy_loss": float(policy_loss.detach()),
             "value_loss": float(value_loss.detach()),
-            "entropy": float(entropy_mean.detach()),
+            "entropy": float(entropy.mean()),
             "approx_kl": float(approx_kl),
             "clip_fraction": float(clip_fraction),
             "learning_rate": lr,
