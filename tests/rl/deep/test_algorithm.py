@@ -4,6 +4,7 @@ errors), exercised through PPO with a tiny rollout."""
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -166,3 +167,33 @@ def test_bad_names_and_files_are_config_errors(tmp_path):
     save_checkpoint(tmp_path / "other", {"weights": torch.zeros(2)})
     with pytest.raises(ConfigError, match="not a saved driftlab RL model"):
         Algorithm.load(tmp_path / "other")
+
+
+def test_real_ctrl_c_mid_iteration_finishes_it_before_the_checkpoint(tmp_path, monkeypatch):
+    # SIGINT arrives in the middle of the 2nd rollout; learn() completes that iteration,
+    # saves, then raises, and the resumed run equals an uninterrupted one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        total = 192
+        straight = PPO("CartPole-v1", seed=2, **SMALL).learn(total, show_progress=False)
+        algo = PPO("CartPole-v1", seed=2, **SMALL)
+        step = algo.envs.step
+        calls = {"n": 0}
+
+        def step_with_ctrl_c(actions: np.ndarray):
+            calls["n"] += 1
+            if calls["n"] == 16 + 5:  # the 6th step of the 2nd rollout of 16 steps
+                signal.raise_signal(signal.SIGINT)
+            return step(actions)
+
+        monkeypatch.setattr(algo.envs, "step", step_with_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            algo.learn(total, show_progress=False, checkpoint=tmp_path / "model")
+        assert algo.num_steps == 64 and calls["n"] == 32
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        resumed = Algorithm.load(tmp_path / "model")
+        assert resumed.num_steps == 64
+        resumed.learn(total - resumed.num_steps, show_progress=False)
+        _assert_same_training_state(straight, resumed)
+    finally:
+        signal.signal(signal.SIGINT, previous)

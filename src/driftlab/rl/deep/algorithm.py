@@ -16,6 +16,9 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import signal
+import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +50,33 @@ ALGORITHM_CLASSES = {
 }
 ALGORITHM_NAMES = {module: module for module in ALGORITHM_CLASSES.values()}
 ALGORITHMS: dict[str, type[Algorithm]] = {}  # filled as algorithm modules are imported
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during ``learn`` finishes the current iteration first, so that the checkpoint
+    written on Ctrl-C holds a state between iterations (one a resume continues exactly); a
+    second Ctrl-C stops at once. Only where Python's own SIGINT handler is active in the
+    main thread; anywhere else nothing changes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -185,6 +215,7 @@ class Algorithm:
         next_log = start + log_every
         next_checkpoint = start + checkpoint_every if checkpoint_every else math.inf
         bar = progress(total=total_steps, desc=self.name, disable=not show_progress, unit="step")
+        interrupt = _DeferredInterrupt()
         try:
             while self.num_steps < self.target_steps:
                 before = self.num_steps
@@ -203,11 +234,14 @@ class Algorithm:
                 if checkpoint is not None and self.num_steps >= next_checkpoint:
                     self.save(checkpoint, include_buffer=save_buffer)
                     next_checkpoint = self.num_steps + checkpoint_every
+                if interrupt.requested:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             if checkpoint is not None:
                 self.save(checkpoint, include_buffer=save_buffer)
             raise
         finally:
+            interrupt.restore()
             bar.close()
         if checkpoint is not None:
             self.save(checkpoint, include_buffer=save_buffer)
