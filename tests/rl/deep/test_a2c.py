@@ -127,6 +127,61 @@ def test_update_is_one_rmsprop_step_on_the_a2c_loss():
     assert torch.allclose(bias_pi.detach() - before_pi, expected, rtol=1e-4)
 
 
+def test_one_update_matches_stable_baselines3():
+    """Same weights, same rollout (with episode ends), fresh RMSprop on both: SB3's A2C.train
+    and our update give the same losses, returns and parameters."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = sb3.A2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), seed=0)
+    _, callback = model._setup_learn(1_000, None)
+    callback.on_training_start(locals(), globals())
+    rollout = model.rollout_buffer
+    while True:  # until the rollout holds at least two episode ends
+        model.collect_rollouts(model.env, callback, rollout, model.n_steps)
+        dones = np.concatenate([rollout.episode_starts[1:], model._last_episode_starts[None]])
+        if dones.sum() >= 2:
+            break
+    ours = A2C("CartPole-v1", seed=0)
+    sb3_policy = model.policy
+    pairs = [
+        (ours.policy.logits.layers[0], sb3_policy.mlp_extractor.policy_net[0]),
+        (ours.policy.logits.layers[1], sb3_policy.mlp_extractor.policy_net[2]),
+        (ours.policy.logits.layers[2], sb3_policy.action_net),
+        (ours.value.net.layers[0], sb3_policy.mlp_extractor.value_net[0]),
+        (ours.value.net.layers[1], sb3_policy.mlp_extractor.value_net[2]),
+        (ours.value.net.layers[2], sb3_policy.value_net),
+    ]
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+    n = ours.envs.num_envs
+    for t in range(ours.buffer.n_steps):
+        ours.buffer.add(
+            torch.as_tensor(rollout.observations[t]),
+            torch.as_tensor(rollout.actions[t, :, 0]).long(),
+            torch.zeros(n),
+            0.0,
+            rollout.rewards[t].astype(np.float64),
+            dones[t].astype(bool),  # CartPole's first 500 steps: every end is a termination
+            np.zeros(n, dtype=bool),
+            rollout.observations[t],
+        )
+    ours.obs = model._last_obs.astype(np.float32)
+    metrics = ours.update()
+    model.train()
+    # SB3 flattens its buffer env-major: [N, T] -> N*T
+    ours_returns = ours.buffer.returns.T.reshape(-1).numpy()
+    assert np.allclose(ours_returns, rollout.returns.reshape(-1), atol=1e-5)
+    logged = model.logger.name_to_value
+    assert metrics["policy_loss"] == pytest.approx(logged["train/policy_loss"], rel=1e-5)
+    assert metrics["value_loss"] == pytest.approx(logged["train/value_loss"], rel=1e-5)
+    for mine, theirs in pairs:
+        assert torch.allclose(mine.weight, theirs.weight, atol=1e-6)
+        assert torch.allclose(mine.bias, theirs.bias, atol=1e-6)
+
+
 def _params(algo: A2C) -> torch.Tensor:
     return algo.flat.param.detach().clone()
 
