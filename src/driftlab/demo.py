@@ -11,9 +11,11 @@ from driftlab.core.config import check_positive
 def run_demo(
     run_dir: str, overwrite: bool = False, seed: int = 0, train_minutes: float = 1.0
 ) -> None:
-    """The oracle samplers, a two-moons model trained for ``train_minutes``, and the grid
-    world's exact solution with a Q-learning curve."""
+    """The oracle samplers, a two-moons model trained for ``train_minutes``, the grid
+    world's exact solution with a Q-learning curve, and PPO on CartPole-v1 with its learning
+    curve."""
     from driftlab.diffusion.demo import run_diffusion_demo, run_training_demo
+    from driftlab.rl.deep.demo import run_demo as run_deep_rl_demo
     from driftlab.rl.tabular.demo import run_demo as run_tabular_demo
 
     check_positive("train_minutes", train_minutes)
@@ -26,4 +28,6 @@ def run_demo(
         print(run_training_demo(diffusion, seed=seed, minutes=train_minutes), flush=True)
         print(flush=True)
         print(run_tabular_demo(run.path / "rl", seed=seed), flush=True)
+        print(flush=True)
+        print(run_deep_rl_demo(run.path / "rl-deep", seed=seed), flush=True)
         print(f"\ndemo finished in {time.perf_counter() - start:.1f} s; outputs in {run.path}")

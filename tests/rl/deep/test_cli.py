@@ -155,3 +155,15 @@ def test_eval_and_record(tmp_path, capsys):
     assert "no saved model" in _error_line(capsys)
     assert main(["rl", "record", str(run), "--out", str(tmp_path / "x.png")]) == 2
     assert "--out must be a .gif file" in _error_line(capsys)
+
+
+def test_demo_stage_trains_evaluates_and_draws(tmp_path):
+    from driftlab.rl.deep.demo import run_demo
+
+    summary = run_demo(tmp_path, seed=0, steps=512)
+    assert "PPO on CartPole-v1, 512 steps" in summary
+    assert str(tmp_path / "learning_curve.png") in summary
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["steps"] == 512 and len(report["returns"]) == 20
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+    assert PPO.load(tmp_path / "model").num_steps == 512
