@@ -1,0 +1,45 @@
+"""RL for language models with verifiable rewards: tokenizer, tasks and rewards, a small
+causal LM (or a Hugging Face one through :mod:`driftlab.llm.hf`), group sampling with
+log-probs, and supervised warm-up."""
+
+from driftlab.llm.expression import Expression, ExpressionError, evaluate, parse_expression
+from driftlab.llm.generation import Rollout, generate, sample_tokens, sequence_log_probs
+from driftlab.llm.model import TransformerConfig, TransformerLM
+from driftlab.llm.rewards import (
+    answer_reward,
+    combine_rewards,
+    correctness_reward,
+    countdown_reward,
+    extract_answer,
+    format_reward,
+)
+from driftlab.llm.sft import SFTConfig, greedy_accuracy, sft
+from driftlab.llm.tasks import TASKS, Task, get_task, solve_countdown
+from driftlab.llm.tokenizer import CharTokenizer
+
+__all__ = [
+    "TASKS",
+    "CharTokenizer",
+    "Expression",
+    "ExpressionError",
+    "Rollout",
+    "SFTConfig",
+    "Task",
+    "TransformerConfig",
+    "TransformerLM",
+    "answer_reward",
+    "combine_rewards",
+    "correctness_reward",
+    "countdown_reward",
+    "evaluate",
+    "extract_answer",
+    "format_reward",
+    "generate",
+    "get_task",
+    "greedy_accuracy",
+    "parse_expression",
+    "sample_tokens",
+    "sequence_log_probs",
+    "sft",
+    "solve_countdown",
+]

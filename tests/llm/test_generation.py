@@ -1,0 +1,138 @@
+"""Group sampling: cached vs recomputed decoding, recorded vs teacher-forced log-probs,
+top-p, grouping, EOS handling and seeding."""
+
+import pytest
+import torch
+
+from driftlab.llm.generation import generate, sequence_log_probs, top_p_filter
+from driftlab.llm.model import TransformerConfig, TransformerLM
+from driftlab.llm.tokenizer import CharTokenizer
+
+TOK = CharTokenizer()
+PROMPTS = ["12+3=\n", "1+2=\n", "99+99=\n"]
+
+
+def tiny(positions="rotary", seed=0):
+    torch.manual_seed(seed)
+    config = TransformerConfig(
+        vocab_size=TOK.vocab_size,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=64,
+        positions=positions,
+    )
+    return TransformerLM(config).eval()
+
+
+def sample(model, **kwargs):
+    ids, mask = TOK.batch_encode(PROMPTS, "left")
+    options = {"eos_id": TOK.eos_id, "pad_id": TOK.pad_id, "max_new_tokens": 24}
+    return generate(model, ids, mask, **{**options, **kwargs})
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_cached_greedy_equals_full_recompute(positions):
+    model = tiny(positions)
+    cached = sample(model, temperature=0.0, group_size=2)
+    full = sample(model, temperature=0.0, group_size=2, use_cache=False)
+    assert torch.equal(cached.completion_ids, full.completion_ids)
+    assert torch.equal(cached.completion_mask, full.completion_mask)
+    assert torch.allclose(cached.log_probs, full.log_probs, atol=1e-5)
+    # Greedy: every row picks its argmax, so a group's rows are identical.
+    assert torch.equal(cached.completion_ids[0], cached.completion_ids[1])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_recorded_log_probs_equal_teacher_forced(temperature):
+    model = tiny()
+    g = torch.Generator().manual_seed(3)
+    rollout = sample(model, temperature=temperature, group_size=4, generator=g)
+    # Greedy decoding records log-probs at temperature 1.
+    recompute_t = temperature if temperature > 0 else 1.0
+    log_probs = sequence_log_probs(
+        model,
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        rollout.completion_mask,
+        temperature=recompute_t,
+    )
+    assert rollout.completion_mask.sum() > 20
+    assert (log_probs - rollout.log_probs).abs().max().item() < 1e-5
+    assert (rollout.log_probs[rollout.completion_mask == 0] == 0).all()
+
+
+def test_log_probs_are_of_the_tempered_distribution():
+    model = tiny()
+    rollout = sample(
+        model, temperature=0.5, group_size=2, generator=torch.Generator().manual_seed(0)
+    )
+    args = (
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        rollout.completion_mask,
+    )
+    at_one = sequence_log_probs(model, *args, temperature=1.0)
+    assert (at_one - rollout.log_probs).abs().max().item() > 1e-2
+
+
+def test_groups_are_consecutive_and_seeded():
+    model = tiny()
+    first = sample(model, group_size=3, generator=torch.Generator().manual_seed(7))
+    again = sample(model, group_size=3, generator=torch.Generator().manual_seed(7))
+    other = sample(model, group_size=3, generator=torch.Generator().manual_seed(8))
+    assert first.completion_ids.shape[0] == 9 and first.group_size == 3
+    ids, _ = TOK.batch_encode(PROMPTS, "left")
+    assert torch.equal(first.prompt_ids, ids.repeat_interleave(3, dim=0))
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert torch.equal(first.log_probs, again.log_probs)
+    assert not torch.equal(first.completion_ids, other.completion_ids)
+    # Random weights: the samples within a group differ.
+    assert not torch.equal(first.completion_ids[0], first.completion_ids[1])
+
+
+def test_finished_rows_are_padded_and_masked():
+    model = tiny()
+    # Make <eos> the likeliest token after the first step by boosting its embedding norm.
+    with torch.no_grad():
+        model.embed.weight[TOK.eos_id] *= 40
+    rollout = sample(model, group_size=2, generator=torch.Generator().manual_seed(0))
+    for ids, mask in zip(rollout.completion_ids, rollout.completion_mask, strict=True):
+        length = int(mask.sum())
+        assert mask[:length].all() and not mask[length:].any()
+        if length < ids.shape[0]:
+            assert ids[length - 1] == TOK.eos_id
+            assert (ids[length:] == TOK.pad_id).all()
+        assert (ids[: length - 1] != TOK.eos_id).all()
+    assert (rollout.lengths < rollout.completion_ids.shape[1]).any()
+
+
+def test_tiny_top_p_keeps_only_the_argmax():
+    logits = torch.tensor([[0.1, 2.0, 1.9, -1.0], [3.0, 0.0, 2.99, 0.0]])
+    kept = torch.isfinite(top_p_filter(logits, 1e-9))
+    assert kept.tolist() == [[False, True, False, False], [True, False, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+    model = tiny()
+    nucleus = sample(model, top_p=1e-9, group_size=2, generator=torch.Generator().manual_seed(0))
+    greedy = sample(model, temperature=0.0, group_size=2)
+    assert torch.equal(nucleus.completion_ids, greedy.completion_ids)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.75))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.8))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.81))
+    assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_validation():
+    model = tiny()
+    with pytest.raises(ValueError, match="top_p must be"):
+        sample(model, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        sample(model, max_new_tokens=0)
