@@ -118,7 +118,7 @@ def test_plain_reinforce_leaves_out_cut_episodes():
     episodes.terminated[1, 0] = 1.0
     metrics = algo.update(episodes)
     # only env 0's finished episode (steps 0 and 1) enters the gradient
-    assert metrics["episode_steps"] == 2.0
+    assert metrics["batch_steps"] == 2.0
     assert "baseline_loss" not in metrics and set(algo.modules()) == {"policy"}
 
 

@@ -131,8 +131,9 @@ class A2C(Algorithm):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         actions = buffer.actions.reshape(T * N, *buffer.actions.shape[2:])
         log_probs, entropy = self.policy.log_prob_entropy(obs, actions)
-        losses = a2c_losses(log_probs, entropy, advantages, values, returns)
-        policy_loss, value_loss, entropy_mean = losses
+        policy_loss, value_loss, entropy_mean = a2c_losses(
+            log_probs, entropy, advantages, values, returns
+        )
         loss = policy_loss + c["vf_coef"] * value_loss - c["ent_coef"] * entropy_mean
         self.flat.zero_grad()
         loss.backward()

@@ -164,7 +164,7 @@ class REINFORCE(Algorithm):
         if self.baseline is None:
             used = ~episodes.running_at_end()  # no value to bootstrap a cut episode from
         obs, actions, returns = episodes.obs[used], episodes.actions[used], returns[used]
-        metrics: dict[str, float] = {"learning_rate": lr, "episode_steps": float(len(returns))}
+        metrics: dict[str, float] = {"learning_rate": lr, "batch_steps": float(len(returns))}
         if self.baseline is not None:
             values = self.baseline(obs)
             advantages = returns - values.detach()
