@@ -134,7 +134,9 @@ class A2C(Algorithm):
         policy_loss, value_loss, entropy_mean = a2c_losses(
             log_probs, entropy, advantages, values, returns
         )
-        loss = policy_loss + c["vf_coef"] * value_loss - c["ent_coef"] * entropy_mean
+        loss = policy_loss + c["vf_coef"] * value_loss
+        if c["ent_coef"] > 0:  # else the entropy stays out of the graph: a shorter backward
+            loss = loss - c["ent_coef"] * entropy_mean
         self.flat.zero_grad()
         loss.backward()
         grad_norm = self.flat.clip_grad_norm(c["max_grad_norm"])
