@@ -122,6 +122,16 @@ def test_plain_reinforce_leaves_out_cut_episodes():
     assert "baseline_loss" not in metrics and set(algo.modules()) == {"policy"}
 
 
+def test_continuous_actions():
+    algo = REINFORCE("Pendulum-v1", seed=0)  # one episode (200 steps) per update by default
+    log_std = algo.policy.log_std.detach().clone()
+    algo.learn(400, show_progress=False)
+    assert (algo.num_steps, algo.num_updates) == (400, 2)
+    assert not torch.equal(algo.policy.log_std.detach(), log_std)
+    action = algo.predict(np.zeros(3, dtype=np.float32))
+    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+
+
 def _params(algo: REINFORCE) -> torch.Tensor:
     return torch.cat([algo.policy_flat.param.detach(), algo.baseline_flat.param.detach()])
 
