@@ -1,0 +1,139 @@
+"""Hugging Face ``transformers`` causal LMs behind driftlab's policy and tokenizer interfaces.
+
+:class:`HFPolicy` makes any ``AutoModelForCausalLM`` a policy
+``policy(input_ids, attention_mask=None, past=None) -> (logits, new_past)``, the interface of
+:class:`driftlab.llm.model.TransformerLM`, so :func:`driftlab.llm.generation.generate`,
+:func:`~driftlab.llm.generation.sequence_log_probs` and :func:`driftlab.llm.sft.sft` work on
+it unchanged. :class:`HFTokenizer` gives a Hugging Face tokenizer the protocol of
+:class:`driftlab.llm.tokenizer.CharTokenizer`. Models are loaded from a local directory only
+(``local_files_only``): nothing is downloaded.
+
+Needs the optional extra: ``pip install 'driftlab[llm]'``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from driftlab.llm.tokenizer import pad_sequences
+
+
+def _require_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "driftlab.llm.hf needs the transformers package: pip install 'driftlab[llm]'"
+        ) from error
+    return transformers
+
+
+class HFPolicy(nn.Module):
+    """A ``transformers`` causal LM as a driftlab policy.
+
+    Position ids are computed from the attention mask (``cumsum(mask) - 1``, as
+    :class:`~driftlab.llm.model.TransformerLM` does), so left-padded prompts are placed like
+    unpadded ones; ``past`` is the model's own cache object, passed through untouched.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns).
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
+        length = input_ids.shape[1]
+        if attention_mask is None:
+            past_length = 0 if past is None else past.get_seq_length()
+            attention_mask = torch.ones(
+                input_ids.shape[0], past_length + length, dtype=torch.long, device=input_ids.device
+            )
+        # Padding positions get 1 (any valid index): their outputs are never read.
+        positions = attention_mask.long().cumsum(dim=1) - 1
+        positions = positions.masked_fill(attention_mask == 0, 1)[:, -length:]
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_argument: past},
+        )
+        new_past = out.get("cache", None)
+        return out.logits, out.get("past_key_values", None) if new_past is None else new_past
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer with the driftlab tokenizer protocol (``pad_id``, ``bos_id``,
+    ``eos_id``, ``encode``, ``decode``, ``batch_encode``).
+
+    A tokenizer without a padding token pads with its end-of-sequence token, as TRL does;
+    masks, not token ids, tell padding apart. ``add_bos`` prepends the BOS token when the
+    tokenizer has one.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError("the tokenizer has no eos token; generation needs one to stop")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.bos_id = tokenizer.bos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if add_bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        return [*ids, self.eos_id] if add_eos else ids
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special)
+
+    def batch_encode(
+        self,
+        texts: Sequence[str],
+        padding_side: str = "left",
+        add_bos: bool = True,
+        add_eos: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_sequences(
+            [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts],
+            self.pad_id,
+            padding_side,
+        )
+
+
+def load_hf_policy(
+    path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[HFPolicy, HFTokenizer]:
+    """Load a causal LM and its tokenizer from the local directory ``path`` (never the hub)."""
+    transformers = _require_transformers()
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no model directory at {str(path)!r} (only local paths load)")
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if dtype is not None:
+        # transformers 5 renamed ``torch_dtype`` to ``dtype``.
+        major = int(transformers.__version__.split(".")[0])
+        kwargs["dtype" if major >= 5 else "torch_dtype"] = dtype
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return HFPolicy(model.eval()), HFTokenizer(tokenizer)
