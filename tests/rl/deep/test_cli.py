@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -167,3 +168,11 @@ def test_demo_stage_trains_evaluates_and_draws(tmp_path):
     assert report["steps"] == 512 and len(report["returns"]) == 20
     assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
     assert PPO.load(tmp_path / "model").num_steps == 512
+
+
+def test_rolling_mean_of_the_learning_curve():
+    from driftlab.rl.deep.plots import rolling_mean
+
+    # window 2: [1], [1, 2], [2, 3], [3, 5]
+    np.testing.assert_allclose(rolling_mean(np.array([1.0, 2.0, 3.0, 5.0]), 2), [1, 1.5, 2.5, 4])
+    assert rolling_mean(np.array([]), 3).shape == (0,)
