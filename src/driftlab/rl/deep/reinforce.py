@@ -4,7 +4,7 @@ algorithms for connectionist reinforcement learning"; Sutton & Barto 2018, sec. 
 Each iteration plays ``episodes_per_update`` whole episodes with the current policy, computes
 the Monte Carlo return of every step,
 
-    G_t = r_t + gamma r_{t+1} + gamma^2 r_{t+2} + ...       (Sutton & Barto eq. 13.8's G_t)
+    G_t = r_t + gamma r_{t+1} + gamma^2 r_{t+2} + ...       (Sutton & Barto eq. 3.8)
 
 and takes one gradient step on the policy and one on the baseline:
 
@@ -14,7 +14,7 @@ and takes one gradient step on the policy and one on the baseline:
 The advantages ``G_t - b(s_t)`` are optionally normalised over the batch (mean 0, std 1).
 Sutton & Barto's per-step ``gamma^t`` factor is left out, as in nearly every implementation:
 it would weight late steps of long episodes to almost nothing. With ``baseline=False`` the
-advantage is ``G_t`` itself: plain REINFORCE (Williams 1992; Sutton & Barto sec. 13.3).
+advantage is ``G_t`` itself: plain REINFORCE (Williams 1992; Sutton & Barto sec. 13.3, eq. 13.8).
 
 Episode ends follow Gymnasium: a terminated episode's return stops there; a truncated one (a
 time limit) is bootstrapped from ``b(s_T)`` of its real final observation, the baseline's
