@@ -160,32 +160,31 @@ def _cartpole(**overrides):
     return TRPO("CartPole-v1", seed=0, n_steps=128, batch_size=64, **overrides)
 
 
-def _kl_to(algo, theta_old, data):
-    """KL(pi_old || pi) on the batch, through torch.distributions."""
+def _torch_distribution(algo, obs):
     with torch.no_grad():
-        new_logits = algo.policy.logits(data["obs"])
-        theta_new = algo.policy_flat.param.data.clone()
-        algo.policy_flat.param.data.copy_(theta_old)
-        old_logits = algo.policy.logits(data["obs"])
-        algo.policy_flat.param.data.copy_(theta_new)
-    kl = torch.distributions.kl_divergence(
-        Categorical(logits=old_logits), Categorical(logits=new_logits)
-    )
-    return float(kl.mean())
+        if algo.policy.discrete:
+            return Categorical(logits=algo.policy.logits(obs))
+        return Normal(algo.policy.mean(obs), algo.policy.log_std.exp().expand(len(obs), -1))
 
 
-def test_accepted_step_stays_inside_trust_region():
-    algo = _cartpole(max_kl=0.005)
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
+def test_accepted_step_stays_inside_trust_region(env):
+    algo = TRPO(env, seed=0, n_steps=128, batch_size=64, max_kl=0.005)
     algo.reset_envs()
     algo.collect()
     data = algo.buffer.flat()
-    theta_old = algo.policy_flat.param.data.clone()
+    old = _torch_distribution(algo, data["obs"])
+    log_std_old = None if algo.policy.discrete else algo.policy.log_std.detach().clone()
     metrics = algo.update_policy(data)
     assert metrics["line_search_accepted"] == 1.0
-    kl = _kl_to(algo, theta_old, data)
+    # KL(pi_old || pi_new) through torch.distributions, summed over action dimensions.
+    kl = torch.distributions.kl_divergence(old, _torch_distribution(algo, data["obs"]))
+    kl = float(kl.reshape(len(kl), -1).sum(-1).mean())
     assert 0.0 < kl <= 0.005
     assert kl == pytest.approx(metrics["kl"], rel=1e-4)
     assert metrics["surrogate_improvement"] > 0
+    if log_std_old is not None:  # the step moves the Gaussian's log-std too
+        assert not torch.equal(algo.policy.log_std.detach(), log_std_old)
 
 
 def test_step_violating_the_trust_region_is_rejected(monkeypatch):

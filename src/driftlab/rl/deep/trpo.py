@@ -245,7 +245,9 @@ class TRPO(Algorithm):
         if c["normalize_advantage"] and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         with torch.no_grad():
-            old = distribution(self.policy, obs)
+            # A copy, not a view: the Gaussian's log_std is the parameter itself, which the
+            # line search moves in place.
+            old = tuple(t.clone() for t in distribution(self.policy, obs))
 
         def surrogate_and_kl(dist: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
             ratio = torch.exp(log_prob(dist, actions) - old_log_probs)
