@@ -274,11 +274,16 @@ class Algorithm:
     ) -> dict[str, Any]:
         """Mean and std of the undiscounted return of ``episodes`` episodes on a fresh
         environment (seeded with ``seed``, default ``self.seed + 10**6``), with the policy's
-        deterministic action unless ``deterministic=False``."""
+        deterministic action unless ``deterministic=False``. Training is unaffected: sampled
+        actions come from the training generator reseeded with the evaluation seed, and its
+        state is restored afterwards."""
         check_int("episodes", episodes, minimum=1)
+        seed = self.seed + 10**6 if seed is None else seed
         env = self.make_eval_env()
         returns, lengths = [], []
-        obs, _ = env.reset(seed=self.seed + 10**6 if seed is None else seed)
+        obs, _ = env.reset(seed=seed)
+        training_state = self.generator.get_state()
+        self.generator.manual_seed(seed)
         try:
             while len(returns) < episodes:
                 total, length, done = 0.0, 0, False
@@ -293,6 +298,7 @@ class Algorithm:
                 lengths.append(length)
                 obs, _ = env.reset()
         finally:
+            self.generator.set_state(training_state)
             env.close()
         return {
             "mean_return": float(np.mean(returns)),
