@@ -15,7 +15,7 @@ from driftlab.llm.rewards import (
 )
 from driftlab.llm.sft import SFTConfig, greedy_accuracy, sft
 from driftlab.llm.tasks import TASKS, Task, get_task, solve_countdown
-from driftlab.llm.tokenizer import CharTokenizer
+from driftlab.llm.tokenizer import CharTokenizer, Tokenizer
 
 __all__ = [
     "TASKS",
@@ -25,6 +25,7 @@ __all__ = [
     "Rollout",
     "SFTConfig",
     "Task",
+    "Tokenizer",
     "TransformerConfig",
     "TransformerLM",
     "answer_reward",

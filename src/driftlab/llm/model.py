@@ -149,7 +149,13 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, allowed, rotary, past):
+    def forward(
+        self,
+        x: torch.Tensor,
+        allowed: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         attended, present = self.attn(self.attn_norm(x), allowed, rotary, past)
         x = x + self.drop(attended)
         return x + self.drop(self.mlp(self.mlp_norm(x))), present

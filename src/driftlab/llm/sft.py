@@ -23,7 +23,7 @@ from driftlab.core.metrics import MetricsLogger
 from driftlab.core.progress import progress
 from driftlab.llm.generation import generate
 from driftlab.llm.tasks import Problem, Task
-from driftlab.llm.tokenizer import pad_sequences
+from driftlab.llm.tokenizer import Tokenizer, pad_sequences
 
 
 @dataclass
@@ -59,7 +59,7 @@ class SFTConfig:
 
 
 def completion_batch(
-    tokenizer, prompts: Sequence[str], completions: Sequence[str]
+    tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``(input_ids, attention_mask, loss_mask)`` of ``<bos> prompt completion
     <eos>``; ``loss_mask`` is 1 on the completion tokens and the ``<eos>``."""
@@ -94,7 +94,7 @@ def _lr_factor(step: int, config: SFTConfig) -> float:
 
 def sft(
     model: nn.Module,
-    tokenizer,
+    tokenizer: Tokenizer,
     task: Task,
     config: SFTConfig | None = None,
     problems: Sequence[Problem] | None = None,
@@ -135,7 +135,7 @@ def sft(
 @torch.no_grad()
 def greedy_completions(
     model: nn.Module,
-    tokenizer,
+    tokenizer: Tokenizer,
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int = 256,
@@ -163,7 +163,7 @@ def greedy_completions(
 
 def greedy_accuracy(
     model: nn.Module,
-    tokenizer,
+    tokenizer: Tokenizer,
     task: Task,
     problems: Sequence[Problem],
     max_new_tokens: int | None = None,

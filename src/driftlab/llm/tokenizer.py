@@ -13,6 +13,7 @@ Face adapter in :mod:`driftlab.llm.hf` also implements): ``pad_id``, ``bos_id``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -24,6 +25,26 @@ SPECIAL_TOKENS = (PAD, BOS, EOS)
 TAGS = (ANSWER_OPEN, ANSWER_CLOSE)
 ALPHABET = tuple("0123456789+-*/()= \n")
 PADDING_SIDES = ("left", "right")
+
+
+class Tokenizer(Protocol):
+    """What generation, SFT and the trainers need of a tokenizer."""
+
+    pad_id: int
+    bos_id: int | None
+    eos_id: int
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str: ...
+
+    def batch_encode(
+        self,
+        texts: Sequence[str],
+        padding_side: str = "left",
+        add_bos: bool = True,
+        add_eos: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class CharTokenizer:
