@@ -161,3 +161,99 @@ def test_precomputed_levels_equal_the_plain_call(precond, sampler):
         generator=torch.Generator().manual_seed(2),
     )
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
+def _trained_mlp_denoiser(precond="vp"):
+    from driftlab.diffusion.networks import MLP
+
+    torch.manual_seed(0)
+    denoiser = Denoiser(MLP(2, hidden=16, depth=2), precond)
+    with torch.no_grad():
+        for p in denoiser.net.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # the output layer starts at zero
+    return denoiser
+
+
+@pytest.mark.parametrize("precond", ["edm", "vp", "ve", "fm"])
+def test_level_is_the_denoiser_and_its_step_the_linear_combination(precond):
+    """A level's ``D`` equals the plain call; ``step(x, a, b)`` equals ``a x + b D(x)``."""
+    denoiser = _trained_mlp_denoiser(precond)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        for level in denoiser.at_levels([5.0, 0.5, 0.05], x):
+            sigma = torch.full((16,), level.sigma, dtype=torch.float64)
+            D = denoiser(x, sigma)
+            assert level(x).dtype == torch.float64
+            torch.testing.assert_close(level(x), D, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                level.step(x, 0.7, -0.3), 0.7 * x - 0.3 * D, rtol=1e-12, atol=1e-12
+            )
+
+
+def test_levels_are_kept_per_grid_and_follow_the_network():
+    """``at_levels`` is answered from its cache for the same grid, batch and dtype, and not
+    after the network is replaced or changes dtype."""
+    denoiser = _trained_mlp_denoiser()
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sigmas = [2.0, 1.0, 0.1]
+    levels = denoiser.at_levels(sigmas, x)
+    assert denoiser.at_levels(sigmas, x) is levels
+    assert denoiser.at_levels(sigmas, x[:4]) is not levels
+    assert denoiser.at_levels(sigmas[:2], x) is not levels
+    assert denoiser.at_levels(sigmas, x.float()) is not levels
+
+    with torch.no_grad():
+        other = _trained_mlp_denoiser().net
+        for p in other.parameters():
+            p.mul_(2.0)
+        denoiser.net = other
+        sigma = torch.full((8,), 1.0, dtype=torch.float64)
+        torch.testing.assert_close(denoiser.at_levels(sigmas, x)[1](x), denoiser(x, sigma))
+        denoiser.net.double()
+        torch.testing.assert_close(denoiser.at_levels(sigmas, x)[1](x), denoiser(x, sigma))
+
+
+def test_kept_levels_do_not_keep_the_denoiser_alive():
+    import gc
+    import weakref
+
+    denoiser = _trained_mlp_denoiser()
+    denoiser.at_levels([1.0, 0.1], torch.zeros(4, 2, dtype=torch.float64))
+    ref = weakref.ref(denoiser)
+    del denoiser
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("sampler", ["heun", "ddim", "pc"])
+def test_cond_reaches_the_network_at_every_level(sampler):
+    class Conditional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+            self.shift = nn.Embedding(3, 2)
+
+        def forward(self, x, c_noise, label):
+            return self.lin(torch.cat([x, c_noise[:, None]], 1)) + self.shift(label)
+
+    torch.manual_seed(0)
+    denoiser = Denoiser(Conditional(), "edm")
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    label = torch.tensor([0, 1, 2, 0, 1, 2])
+    opts = {"generator": torch.Generator().manual_seed(2), "cond": {"label": label}}
+    fast = sample(denoiser, noise, "edm", sampler, 5, **opts)
+    opts = {"generator": torch.Generator().manual_seed(2), "cond": {"label": label}}
+    plain = sample(
+        lambda x, s, label: denoiser(x, s, label=label), noise, "edm", sampler, 5, **opts
+    )
+    torch.testing.assert_close(fast, plain, rtol=1e-9, atol=1e-9)
+    other = sample(
+        denoiser,
+        noise,
+        "edm",
+        sampler,
+        5,
+        cond={"label": torch.zeros_like(label)},
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert not torch.allclose(fast, other)

@@ -16,7 +16,8 @@ is a denoiser that any sampler and formulation can use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -179,6 +180,54 @@ def get_preconditioning(name: str, **options: float) -> Preconditioning:
     return PRECONDITIONINGS[name](**options)
 
 
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A denoiser at one noise level ``sigma`` in the affine form of EDM eq. 7,
+
+        D(x_hat) = c_skip x_hat + c_out F(x_hat),
+
+    with ``F`` the network with ``c_in`` and ``c_noise`` applied; any other denoiser is the
+    case ``c_skip = 0``, ``c_out = 1``, ``F = D(., sigma)``. Samplers that combine ``x_hat``
+    and ``D`` linearly fold ``c_skip`` and ``c_out`` into their own coefficients
+    (:meth:`step`), which saves a tensor op per network call.
+    """
+
+    sigma: float
+    F: Callable[..., torch.Tensor]
+    c_skip: float = 0.0
+    c_out: float = 1.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``D(x)``."""
+        out = self.F(x)
+        if self.c_skip == 0.0 and self.c_out == 1.0:
+            return out if out.dtype == x.dtype else out.to(x.dtype)
+        # Unit coefficients (c_skip of eps, VE and score models) cost no op; add() promotes
+        # the network's output to x's dtype inside the kernel.
+        return torch.add(x if self.c_skip == 1.0 else x * self.c_skip, out, alpha=self.c_out)
+
+    def step(self, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        """``a x + b D(x)`` as ``(a + b c_skip) x + b c_out F(x)``."""
+        c_x = a + b * self.c_skip
+        out = self.F(x)
+        if c_x == 1.0:
+            return torch.add(x, out, alpha=b * self.c_out)
+        # In place on the new product: a mixed-dtype add_ is cheaper than add().
+        return x.mul(c_x).add_(out, alpha=b * self.c_out)
+
+
+def _dtype_of(net: nn.Module) -> torch.dtype:
+    for param in net.parameters():
+        return param.dtype
+    return torch.float32
+
+
+# Denoiser.at_levels' results per denoiser (held weakly) and per grid.
+_LEVELS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Level]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class Denoiser(nn.Module):
     """A network ``net(x_in, c_noise, **cond)`` wrapped into ``D(x_hat, sigma, **cond)``.
 
@@ -200,9 +249,7 @@ class Denoiser(nn.Module):
         return p.c_skip(sigma), p.c_out(sigma), p.c_in(sigma), p.c_noise(sigma)
 
     def _net_dtype(self) -> torch.dtype:
-        for param in self.net.parameters():
-            return param.dtype
-        return torch.float32
+        return _dtype_of(self.net)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
         if sigma.ndim == 0:
@@ -212,42 +259,65 @@ class Denoiser(nn.Module):
         raw = self.net((_expand_like(c_in, x) * x).to(dtype), c_noise.to(dtype), **cond)
         return _expand_like(c_skip, x) * x + _expand_like(c_out, x) * raw.to(x.dtype)
 
-    def at_levels(
-        self, sigmas: torch.Tensor, like: torch.Tensor
-    ) -> list[Callable[..., torch.Tensor]]:
-        """One denoiser ``D_i(x_hat, **cond)`` per noise level ``sigmas[i]`` (a 1-D tensor) for
-        inputs shaped and typed like ``like``, equal to ``self(x_hat, sigma_i)`` up to
-        rounding.
+    def at_levels(self, sigmas: Sequence[float], like: torch.Tensor) -> list[Level]:
+        """This denoiser at each noise level ``sigmas[i]`` as a :class:`Level`, for inputs
+        shaped and typed like ``like``; each equals ``self(x_hat, sigma_i)`` up to rounding.
 
         The preconditioning of the whole grid is computed here in one go, as diffusers'
-        schedulers precompute their timesteps in ``set_timesteps``; at one level ``c_skip``,
-        ``c_out`` and ``c_in`` are numbers, so a call costs the network and two or three
-        small tensor ops. Samplers use this when it exists.
+        schedulers precompute their timesteps in ``set_timesteps``: at one level ``c_skip``,
+        ``c_out`` and ``c_in`` are numbers, and a call of ``F`` costs the network and one or
+        two small tensor ops. The levels are kept for the next call with the same grid, batch
+        size and dtype on the same network and preconditioning objects (samplers ask again
+        on every call), so only the first call pays for them.
         """
-        sigmas = sigmas.to(like.dtype)
-        c_skip, c_out, c_in, c_noise = self.coefficients(sigmas)
-        dtype = self._net_dtype()
+        net = self.net
+        dtype = _dtype_of(net)
+        # The key holds the network and preconditioning objects, not their ids, so that an
+        # id is not reused while its levels are kept.
+        key = (tuple(sigmas), like.shape[0], like.dtype, like.device, net, dtype)
+        key += (self.preconditioning,)
+        cache = _LEVELS.get(self)
+        if cache is None:
+            cache = _LEVELS[self] = {}
+        levels = cache.get(key)
+        if levels is None:
+            if len(cache) >= 8:  # a sweep over many grids does not pile up levels
+                cache.clear()
+            levels = cache[key] = self._make_levels(list(sigmas), like, net, dtype)
+        return levels
+
+    def _make_levels(
+        self, sigmas: list[float], like: torch.Tensor, net: nn.Module, dtype: torch.dtype
+    ) -> list[Level]:
+        sigma = torch.tensor(sigmas, dtype=like.dtype, device=like.device)
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         # The network gets c_noise as forward() gives it: a contiguous [batch] tensor.
-        c_noise = c_noise.to(dtype).expand(sigmas.shape)
+        c_noise = c_noise.to(dtype).expand(sigma.shape)
         c_noise = c_noise[:, None].expand(len(sigmas), like.shape[0]).contiguous()
+        cast = like.dtype != dtype
 
         def numbers(coef: torch.Tensor) -> list[float]:
             values = coef.to(like.dtype).tolist()  # a constant comes back as one number
             return values if isinstance(values, list) else [values] * len(sigmas)
 
-        def level(skip: float, out: float, scale: float, c_noise: torch.Tensor) -> Callable:
-            def denoise(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-                # Unit coefficients (c_skip of eps, VE and score models, c_in of VE) cost no op.
-                raw = self.net((x if scale == 1.0 else x * scale).to(dtype), c_noise, **cond)
-                # add() promotes the network's output to x's dtype inside the kernel.
-                return torch.add(x if skip == 1.0 else x * skip, raw, alpha=out)
+        def network(scale: float, c_noise: torch.Tensor) -> Callable[..., torch.Tensor]:
+            # The closure holds the network, not the denoiser, so that the cache of levels
+            # (keyed weakly on the denoiser) does not keep the denoiser alive.
+            def F(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+                x_in = x if scale == 1.0 else x * scale  # c_in of VE costs no op
+                return net(x_in.to(dtype) if cast else x_in, c_noise, **cond)
 
-            return denoise
+            return F
 
         return [
-            level(*coefs)
-            for coefs in zip(
-                numbers(c_skip), numbers(c_out), numbers(c_in), c_noise.unbind(0), strict=True
+            Level(sig, network(scale, noise), skip, out)
+            for sig, skip, out, scale, noise in zip(
+                sigmas,
+                numbers(c_skip),
+                numbers(c_out),
+                numbers(c_in),
+                c_noise.unbind(0),
+                strict=True,
             )
         ]
 
@@ -273,6 +343,7 @@ def score_to_denoiser(score_fn: Callable[..., torch.Tensor]) -> Callable[..., to
 __all__ = [
     "PREDICTIONS",
     "Denoiser",
+    "Level",
     "Preconditioning",
     "edm_preconditioning",
     "fm_preconditioning",

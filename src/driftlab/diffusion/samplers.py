@@ -5,10 +5,12 @@ formulation, so a model of one formulation can be sampled in another's coordinat
 Samplers are pure functions over a precomputed time grid (no stateful schedulers): the
 grid's coefficients are Python floats computed once (and kept for a formulation object
 sampled again with the same steps), so a step costs a few tensor ops beside the denoiser
-call. The sigma tensors of the grid are made once per call too; a denoiser that offers
-``at_levels(sigmas, like) -> [D_0, D_1, ...]`` (driftlab's ``Denoiser``) is asked for one
-denoiser per noise level, with its preconditioning computed for the whole grid at once.
-The state is float64 by default, as in NVlabs/edm.
+call. The denoiser is taken once per call at every noise level of the grid, as a
+:class:`~driftlab.diffusion.denoisers.Level` ``D(x_hat) = c_skip x_hat + c_out F(x_hat)``; a
+denoiser that offers ``at_levels(sigmas, like)`` (driftlab's ``Denoiser``) gives them with
+its preconditioning split out and computed for the whole grid at once, so that a sampler
+step ``a x_hat + b D`` folds ``c_skip`` and ``c_out`` into ``a`` and ``b``. The state is
+float64 by default, as in NVlabs/edm.
 
 ODE samplers (``euler``, ``heun``, ``dpmpp-2m``) and ``edm-stochastic`` integrate in the
 formulation's own coordinates ``x = s(t) x_hat``; ``ddim``, ``ddpm``, ``pc`` and
@@ -37,6 +39,7 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
+from driftlab.diffusion.denoisers import Level
 from driftlab.diffusion.formulations import Formulation, get_formulation
 
 DenoiserFn = Callable[..., torch.Tensor]
@@ -113,7 +116,8 @@ def _grid(formulation: Formulation, steps: int, sigmas: Any) -> Grid:
 
 
 class _Run:
-    """What one sampler call shares: the denoiser, the noise generator, the trajectory."""
+    """What one sampler call shares: the denoiser at every noise level of the grid, the noise
+    generator, the trajectory."""
 
     def __init__(
         self,
@@ -132,44 +136,43 @@ class _Run:
         self.generator = generator
         self.cond = cond
         self.trajectory: list[torch.Tensor] | None = [] if record else None
-        self._checked = False
-        self.evaluations = 0
-        levels = [sigma for sigma in grid.sigma if sigma > 0]
-        self.levels = dict(zip(levels, self._level_denoisers(levels, like), strict=True))
+        levels = self._levels(grid.sigma[:-1], like)  # the last sigma is 0
+        # Every sampler starts at levels[0] or at an off-grid level (see at()), so checking
+        # the output there checks the denoiser once per call.
+        first = self._bind(levels[0], check=True)
+        if cond:
+            levels = [self._bind(level, check=False) for level in levels]
+        self.levels = [first, *levels[1:]]
 
-    def _level_denoisers(
-        self, levels: list[float], like: torch.Tensor
-    ) -> list[Callable[..., torch.Tensor]]:
-        """``D(., sigma_i)`` for every noise level of the grid, made once before the loop so
-        that a step allocates no sigma tensor; a denoiser with ``at_levels(sigmas, like)``
-        (driftlab's :class:`Denoiser`) also precomputes its preconditioning there."""
-        sigmas = torch.tensor(levels, dtype=self.dtype, device=self.device)
+    def _levels(self, sigmas: list[float], like: torch.Tensor) -> list[Level]:
+        """``D(., sigma_i)`` for every noise level of the grid, made before the loop so that a
+        step allocates no sigma tensor; a denoiser with ``at_levels(sigmas, like)``
+        (driftlab's :class:`Denoiser`) gives them with its preconditioning split out."""
         at_levels = getattr(self.denoiser, "at_levels", None)
         if at_levels is not None:
             return at_levels(sigmas, like)
-        rows = sigmas[:, None].expand(-1, self.batch).contiguous().unbind(0)
-        return [functools.partial(self._at, sigma) for sigma in rows]
+        rows = torch.tensor(sigmas, dtype=self.dtype, device=self.device)
+        rows = rows[:, None].expand(-1, self.batch).contiguous().unbind(0)
+        return [
+            Level(sigma, functools.partial(self._call, row))
+            for sigma, row in zip(sigmas, rows, strict=True)
+        ]
 
-    def _at(self, sigma: torch.Tensor, x_hat: torch.Tensor, **cond: Any) -> torch.Tensor:
+    def _call(self, sigma: torch.Tensor, x_hat: torch.Tensor, **cond: Any) -> torch.Tensor:
         return self.denoiser(x_hat, sigma, **cond)
 
-    def D(self, x_hat: torch.Tensor, sigma: float) -> torch.Tensor:
-        level = self.levels.get(sigma)
-        if level is not None:
-            out = level(x_hat, **self.cond)
-        else:  # off the grid: EDM Algorithm 2's raised noise level sigma_hat
-            sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
-            out = self.denoiser(x_hat, sig, **self.cond)
-        self.evaluations += 1
-        if not self._checked:
-            if not isinstance(out, torch.Tensor) or out.shape != x_hat.shape:
-                shape = getattr(out, "shape", type(out).__name__)
-                raise ConfigError(
-                    f"denoiser returned {shape} for input of shape {tuple(x_hat.shape)}; "
-                    "it must return a tensor of the input's shape"
-                )
-            self._checked = True
-        return out
+    def _bind(self, level: Level, check: bool) -> Level:
+        """``level`` with this call's ``cond`` given to its network, and its output's shape
+        checked if ``check``."""
+        F = functools.partial(level.F, **self.cond) if self.cond else level.F
+        if check:
+            F = functools.partial(_checked, F)
+        return Level(level.sigma, F, level.c_skip, level.c_out)
+
+    def at(self, sigma: float) -> Level:
+        """The denoiser at a noise level off the grid (EDM Algorithm 2's raised ``sigma_hat``)."""
+        sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
+        return self._bind(Level(sigma, functools.partial(self._call, sig)), check=True)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
@@ -181,6 +184,17 @@ class _Run:
             self.trajectory.append(x * scale if scale != 1.0 else x.clone())
 
 
+def _checked(F: DenoiserFn, x_hat: torch.Tensor) -> torch.Tensor:
+    out = F(x_hat)
+    if not isinstance(out, torch.Tensor) or out.shape != x_hat.shape:
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ConfigError(
+            f"denoiser returned {shape} for input of shape {tuple(x_hat.shape)}; "
+            "it must return a tensor of the input's shape"
+        )
+    return out
+
+
 # ----- ODE samplers in the formulation's coordinates -----------------------------------------
 
 
@@ -188,17 +202,17 @@ def _euler(run: _Run, x: torch.Tensor) -> torch.Tensor:
     """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction).
 
     The step ``x' = x + h (alpha x + beta D)`` is taken in the formulation's coordinates; the
-    state is stored as ``x_hat = x / s``, the denoiser's input, which saves a scaling op.
+    state is stored as ``x_hat = x / s``, the denoiser's input, which saves a scaling op, and
+    the step is one linear combination of ``x_hat`` and ``D`` (:meth:`Level.step`).
     """
     g = run.grid
     x_hat = x / g.s[0]
-    for i in range(g.n):
+    for i, level in enumerate(run.levels):
         alpha, beta = g.ode_coefficients(i)
         h = g.t[i + 1] - g.t[i]
-        s, s_next = g.s[i], g.s[i + 1]
-        D = run.D(x_hat, g.sigma[i])
-        # x_hat' = x' / s' with x = s x_hat, folded into two ops.
-        x_hat = torch.add(x_hat * ((1.0 + h * alpha) * s / s_next), D, alpha=h * beta / s_next)
+        s_next = g.s[i + 1]
+        # x_hat' = x' / s' with x = s x_hat.
+        x_hat = level.step(x_hat, (1.0 + h * alpha) * g.s[i] / s_next, h * beta / s_next)
         run.record(x_hat, s_next)
     return x_hat * g.s[-1]
 
@@ -208,11 +222,14 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
     general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler.
 
     As in :func:`_euler`, the steps are those of ``x = s x_hat`` but the state is ``x_hat``.
+    The trapezoidal corrector ``x + h/2 (d + d')`` is written with the predictor
+    ``x' = x + h d`` as ``(x + x' + h d') / 2``, a linear combination of ``x``, ``x'`` and
+    ``D(x')``.
     """
     g = run.grid
     formulation = churn.pop("formulation") if churn else None
     x_hat = x / g.s[0]
-    for i in range(g.n):
+    for i, level in enumerate(run.levels):
         t_cur, t_next = g.t[i], g.t[i + 1]
         sig_cur, s_cur, s_next = g.sigma[i], g.s[i], g.s[i + 1]
         alpha, beta = g.ode_coefficients(i)
@@ -231,20 +248,17 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
                 ds = float(formulation.scale_deriv(t_hat))
                 dsig = float(formulation.sigma_deriv(t_hat))
                 alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
+                level = run.at(sig_hat)
         h = t_next - t_cur
-        D = run.D(x_hat, sig_cur)
         # Euler predictor x' = x + h d with the slope d = alpha x + beta D, x = s x_hat.
-        c_x = (1.0 + h * alpha) * s_cur / s_next
-        x_next = torch.add(x_hat * c_x, D, alpha=h * beta / s_next)
-        if g.sigma[i + 1] != 0:
+        x_next = level.step(x_hat, (1.0 + h * alpha) * s_cur / s_next, h * beta / s_next)
+        if i + 1 < g.n:
             alpha2, beta2 = g.ode_coefficients(i + 1)
-            D2 = run.D(x_next, g.sigma[i + 1])
-            # Trapezoidal corrector x + h/2 (d + d') with d' = alpha2 x' + beta2 D2, expanded
-            # into one linear combination of x, D and D2: three tensor ops instead of five.
-            c_x = (1.0 + 0.5 * h * (alpha + alpha2 * (1.0 + h * alpha))) * s_cur / s_next
-            c_D = 0.5 * h * beta * (1.0 + h * alpha2) / s_next
-            x_next = torch.add(x_hat * c_x, D, alpha=c_D)
-            x_next = torch.add(x_next, D2, alpha=0.5 * h * beta2 / s_next)
+            # Corrector (x + x' + h d') / 2 with d' = alpha2 x' + beta2 D(x').
+            half = run.levels[i + 1].step(
+                x_next, 0.5 * (1.0 + h * alpha2), 0.5 * h * beta2 / s_next
+            )
+            x_next = torch.add(half, x_hat, alpha=0.5 * s_cur / s_next)
         x_hat = x_next
         run.record(x_hat, s_next)
     return x_hat * g.s[-1]
@@ -256,22 +270,21 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
     g = run.grid
     x_hat = x / g.s[0]
     D_prev: torch.Tensor | None = None
-    for i in range(g.n):
+    for i, level in enumerate(run.levels):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
-        D = run.D(x_hat, sig)
+        D = level(x_hat)
         if sig_next == 0:
             x_hat = D
         else:
-            # First order: x_hat' = ratio x_hat + (1 - ratio) D, i.e. D + ratio (x_hat - D).
-            ratio = sig_next / sig
-            step = torch.lerp(D, x_hat, ratio)
+            D_step = D
             if D_prev is not None:
                 h = math.log(sig / sig_next)
                 r = math.log(g.sigma[i - 1] / sig) / h
                 # Second-order multistep correction (Lu et al. 2022, eq. 17): D is replaced by
-                # D + (D - D_prev) / (2 r).
-                step = torch.add(step, D - D_prev, alpha=(1 - ratio) * 0.5 / r)
-            x_hat = step
+                # (1 + 1/(2r)) D - D_prev / (2r).
+                D_step = torch.lerp(D_prev, D, 1.0 + 0.5 / r)
+            # x_hat' = ratio x_hat + (1 - ratio) D, i.e. D + ratio (x_hat - D).
+            x_hat = torch.lerp(D_step, x_hat, sig_next / sig)
         D_prev = D
         run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
@@ -290,15 +303,17 @@ def _ddim(run: _Run, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
     """
     g = run.grid
     x_hat = x / g.s[0]
-    for i in range(g.n):
+    for i, level in enumerate(run.levels):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
-        D = run.D(x_hat, sig)
         if sig_next == 0:
-            x_hat = D
+            x_hat = level(x_hat)
         else:
             sigma_up = eta * sig_next * math.sqrt(max(1.0 - sig_next**2 / sig**2, 0.0))
             sigma_down = math.sqrt(sig_next**2 - sigma_up**2)
-            x_hat = torch.lerp(D, x_hat, sigma_down / sig)  # D + sigma_down (x_hat - D) / sigma
+            # D + sigma_down (x_hat - D) / sigma; for an eps-prediction network (c_skip = 1)
+            # the coefficient of x_hat is 1 and the step a single op.
+            ratio = sigma_down / sig
+            x_hat = level.step(x_hat, ratio, 1.0 - ratio)
             if sigma_up > 0:
                 x_hat = torch.add(x_hat, run.randn_like(x_hat), alpha=sigma_up)
         run.record(x_hat, g.s[i + 1])
@@ -323,10 +338,10 @@ def _euler_maruyama(
     The last step to sigma = 0 is the denoiser's mean (Song et al.'s noise removal).
     """
     g = run.grid
-    for i in range(g.n):
+    for i, level in enumerate(run.levels):
         sig, s = g.sigma[i], g.s[i]
         x_hat = x if s == 1.0 else x * (1.0 / s)
-        D = run.D(x_hat, sig)
+        D = level(x_hat)
         if g.sigma[i + 1] == 0:
             x = D * g.s[i + 1]
         else:
@@ -343,15 +358,10 @@ def _euler_maruyama(
     return x
 
 
-def _langevin(
-    run: _Run, x_hat: torch.Tensor, sigma: float, step: torch.Tensor | float
-) -> torch.Tensor:
+def _langevin(run: _Run, x_hat: torch.Tensor, level: Level, step: float) -> torch.Tensor:
     """One Langevin step ``x + step/2 score + sqrt(step) z`` with ``score = (D - x)/sigma^2``."""
-    D = run.D(x_hat, sigma)
-    score = (D - x_hat) / sigma**2
+    score = (level(x_hat) - x_hat) / level.sigma**2
     noise = run.randn_like(x_hat)
-    if isinstance(step, torch.Tensor):
-        return x_hat + 0.5 * step * score + step.sqrt() * noise
     return x_hat + (0.5 * step) * score + math.sqrt(step) * noise
 
 
@@ -363,10 +373,10 @@ def _pc(run: _Run, x: torch.Tensor, snr: float = 0.16, n_corrector: int = 1) -> 
     g = run.grid
     x_hat = x / g.s[0]
     dims = tuple(range(1, x.ndim))
-    for i in range(g.n):
+    for i, level in enumerate(run.levels):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
         for _ in range(n_corrector):
-            D = run.D(x_hat, sig)
+            D = level(x_hat)
             score = (D - x_hat) / sig**2
             z = run.randn_like(x_hat)
             # Norms averaged over the batch, as in score_sde: a per-sample ratio explodes
@@ -375,7 +385,7 @@ def _pc(run: _Run, x: torch.Tensor, snr: float = 0.16, n_corrector: int = 1) -> 
             score_norm = torch.linalg.vector_norm(score, dim=dims).mean()
             step = 2 * (snr * z_norm / score_norm.clamp_min(1e-30)) ** 2
             x_hat = x_hat + step * score + torch.sqrt(2 * step) * z
-        D = run.D(x_hat, sig)
+        D = level(x_hat)
         if sig_next == 0:
             x_hat = D
         else:
@@ -396,16 +406,15 @@ def _annealed_langevin(
     ``step_lr`` defaults to ``0.2 sigma_L^2`` (the paper's 2e-5 at sigma_L = 0.01).
     """
     g = run.grid
-    levels = g.sigma[:-1]
-    sigma_L = levels[-1]
+    sigma_L = g.sigma[-2]  # the last sigma is 0
     lr = 0.2 * sigma_L**2 if step_lr is None else step_lr
     x_hat = x / g.s[0]
-    for i, sig in enumerate(levels):
-        alpha = lr * sig**2 / sigma_L**2
+    for i, level in enumerate(run.levels):
+        alpha = lr * level.sigma**2 / sigma_L**2
         for _ in range(n_inner):
-            x_hat = _langevin(run, x_hat, sig, alpha)
-        if i == len(levels) - 1:
-            x_hat = run.D(x_hat, sig)
+            x_hat = _langevin(run, x_hat, level, alpha)
+        if i == g.n - 1:
+            x_hat = level(x_hat)
         run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
 
