@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from driftlab.core.config import ConfigError
-from driftlab.llm.model import TransformerConfig, TransformerLM
+from driftlab.llm.model import TransformerConfig, TransformerLM, load_model, save_model
 
 VOCAB = 24
 
@@ -87,3 +87,12 @@ def test_too_long_and_bad_mask_are_rejected():
         model(torch.ones(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask must be"):
         model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny(positions="learned", norm="layer", tie=False)
+    save_model(tmp_path / "policy", model)
+    loaded = load_model(tmp_path / "policy")
+    assert loaded.config == model.config
+    ids = torch.randint(3, VOCAB, (2, 6))
+    assert torch.equal(loaded(ids)[0], model(ids)[0])

@@ -4,7 +4,7 @@ log-probs, and supervised warm-up."""
 
 from driftlab.llm.expression import Expression, ExpressionError, evaluate, parse_expression
 from driftlab.llm.generation import Rollout, generate, sample_tokens, sequence_log_probs
-from driftlab.llm.model import TransformerConfig, TransformerLM
+from driftlab.llm.model import TransformerConfig, TransformerLM, load_model, save_model
 from driftlab.llm.rewards import (
     answer_reward,
     combine_rewards,
@@ -38,8 +38,10 @@ __all__ = [
     "generate",
     "get_task",
     "greedy_accuracy",
+    "load_model",
     "parse_expression",
     "sample_tokens",
+    "save_model",
     "sequence_log_probs",
     "sft",
     "solve_countdown",

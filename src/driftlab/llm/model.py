@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional
 
+from driftlab.core.checkpoint import load_checkpoint, save_checkpoint
 from driftlab.core.config import (
     ConfigError,
     check_choice,
@@ -252,3 +254,17 @@ class TransformerLM(nn.Module):
         key = torch.arange(total, device=keep.device)[None, :]
         allowed = (key <= query)[None] & keep[:, None, :]
         return (allowed | (key == query)[None])[:, None]
+
+
+def save_model(path: str | Path, model: TransformerLM) -> None:
+    """Save the config and weights with :func:`driftlab.core.save_checkpoint` (safetensors +
+    JSON, nothing pickled)."""
+    save_checkpoint(path, {"config": model.config.to_dict(), "model": model.state_dict()})
+
+
+def load_model(path: str | Path) -> TransformerLM:
+    """Rebuild a model saved by :func:`save_model`, in eval mode."""
+    state = load_checkpoint(path)
+    model = TransformerLM(TransformerConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
