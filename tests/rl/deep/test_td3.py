@@ -119,6 +119,21 @@ def test_twin_critics_equal_two_separate_networks() -> None:
             torch.testing.assert_close(weight.grad[i], linear.weight.grad.T)
 
 
+def test_bfloat16_matmuls_stay_close_to_float32() -> None:
+    torch.manual_seed(0)
+    twin = EnsembleQNet(2, 3, 1, (400, 300))
+    obs, actions = torch.randn(256, 3), torch.rand(256, 1) * 2 - 1
+    q = twin(obs, actions)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q_bf16 = twin(obs, actions)
+    assert q_bf16.dtype == torch.float32
+    # bfloat16 keeps 8 significant bits: relative error of a few 1e-3 on the features
+    assert (q_bf16 - q).abs().max() < 0.02 * q.abs().max()
+    algo = TD3("Pendulum-v1", seed=0, matmul_dtype="bfloat16", **SMALL)
+    algo.learn(60, show_progress=False)
+    assert algo.num_updates == 10 and torch.isfinite(algo.critic_flat.param).all()
+
+
 def _learned(seed: int) -> TD3:
     algo = TD3("Pendulum-v1", seed=seed, **SMALL)
     return algo.learn(120, show_progress=False)

@@ -15,6 +15,8 @@ observation and is bootstrapped. Before ``learning_starts`` steps actions are un
 action box; afterwards they are ``mu(s)`` plus exploration noise (Gaussian, or the
 Ornstein-Uhlenbeck process of the paper, restarted at each episode's end), clipped to the
 box. Every ``train_freq`` environment steps the learner takes ``gradient_steps`` steps.
+With ``matmul_dtype="bfloat16"`` those steps run their hidden layers' matrix products in
+bfloat16 (autocast; parameters, optimiser and critic outputs stay float32).
 
 Actions live in the action box rescaled to ``[-1, 1]`` (the actor's tanh output): the
 replay buffer, the critic's input and the noise scales (``action_noise_std``,
@@ -153,8 +155,11 @@ class DDPG(Algorithm):
         self.set_learning_rate(self.actor_optimizer, lr)
         self.set_learning_rate(self.critic_optimizer, lr)
         metrics: dict[str, float] = {}
-        for _ in range(c["gradient_steps"]):
-            metrics.update(self.gradient_step())
+        # The updates are matrix products of [batch, 400] x [400, 300]; bfloat16 halves them.
+        bf16 = c["matmul_dtype"] == "bfloat16"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for _ in range(c["gradient_steps"]):
+                metrics.update(self.gradient_step())
         metrics["learning_rate"] = lr
         return metrics
 

@@ -68,7 +68,9 @@ class EnsembleQNet(nn.Module):
             x = self.activation(torch.baddbmm(bias, x, weight))
         # A width-1 output layer is one dot product per row: as a product and a sum it is
         # about 5x faster than batched GEMM's narrow-matrix path, forward and backward.
-        return (x * self.weights[-1].transpose(1, 2)).sum(-1) + self.biases[-1][:, :, 0]
+        # In float32 even where the hidden layers ran in bfloat16 (autocast): q keeps full
+        # precision, and a mixed-dtype product would take a slow path.
+        return (x.float() * self.weights[-1].transpose(1, 2)).sum(-1) + self.biases[-1][:, :, 0]
 
     def member(self, index: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """``q_index(s, a)`` alone, shape ``[batch]`` (the actor's objective needs only one)."""
