@@ -95,6 +95,8 @@ def test_save_load_round_trip_and_exact_resume(tmp_path):
 
 
 def test_learns_cartpole():
-    # A random policy scores about 20; a sign error in either update stays there or below.
-    algo = QAC("CartPole-v1", seed=0, baseline=True).learn(60_000, show_progress=False)
-    assert algo.evaluate(episodes=5)["mean_return"] >= 150
+    # A random policy scores about 20, and flipping the actor's sign gives 10. A constant
+    # step size learns faster than the preset's decaying one (which is safer over 200k steps).
+    algo = QAC("CartPole-v1", seed=0, learning_rate=7e-4, lr_schedule="constant")
+    algo.learn(75_000, show_progress=False)
+    assert algo.evaluate(episodes=5)["mean_return"] >= 300

@@ -519,14 +519,19 @@ PRESETS: dict[tuple[str, str], dict[str, object]] = {
         "baseline_learning_rate": 5e-3,
         "normalize_advantage": True,
     },
-    # QAC: A2C's rollout shape with a Q critic (Sarsa-style target) instead of V.
+    # QAC: A2C's rollout shape with a Q critic (Sarsa-style target) instead of V. Weighing
+    # ln pi by q(s, a) alone barely learns here (all q > 0 and nearly equal across actions);
+    # the baseline sum_b pi(b|s) q(s, b) and a decaying step size (a constant one let the
+    # policy collapse after reaching 500) make it reliable.
     ("qac", "CartPole-v1"): {
         "n_envs": 8,
-        "total_steps": 300_000,
+        "total_steps": 200_000,
         "n_steps": 8,
-        "learning_rate": 7e-4,
+        "learning_rate": 3e-4,
+        "lr_schedule": "linear",
         "critic_learning_rate": 1e-3,
         "ent_coef": 0.01,
+        "baseline": True,
     },
     ("off_policy_ac", "CartPole-v1"): {
         "total_steps": 200_000,
