@@ -533,14 +533,22 @@ PRESETS: dict[tuple[str, str], dict[str, object]] = {
         "ent_coef": 0.01,
         "baseline": True,
     },
+    # Off-policy actor-critic: 8 environments, one gradient step per 8 environment steps (one
+    # per step cost 8x the compute for no better result). An entropy bonus of 0.01 let the
+    # policy turn near-deterministic at returns of 150-350; 0.05 keeps it exploring.
     ("off_policy_ac", "CartPole-v1"): {
+        "n_envs": 8,
         "total_steps": 200_000,
         "buffer_size": 50_000,
         "learning_starts": 1_000,
-        "batch_size": 128,
+        "train_freq": 8,
+        "gradient_steps": 1,
+        "batch_size": 256,
+        "tau": 0.01,
         "learning_rate": 3e-4,
+        "lr_schedule": "linear",
         "critic_learning_rate": 1e-3,
-        "ent_coef": 0.01,
+        "ent_coef": 0.05,
         "ratio_clip": 1.0,
         "behaviour": "lagged",
         "behaviour_epsilon": 0.1,
