@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from driftlab.core.config import ConfigError
-from driftlab.rl.deep.presets import DEFAULTS, PRESETS, ZOO_SOURCE, hyperparameters
+from driftlab.rl.deep.presets import (
+    DEFAULTS,
+    PRESETS,
+    ZOO_DEPARTURES,
+    ZOO_SOURCE,
+    hyperparameters,
+)
 
 ALGORITHMS = ["dqn", "reinforce", "qac", "a2c", "off_policy_ac", "ddpg", "td3", "trpo", "ppo"]
 
@@ -41,7 +47,9 @@ def test_other_zoo_entries():
         128,
         10,
     )
-    assert (dqn["learning_rate"], dqn["exploration_final_eps"]) == (2.3e-3, 0.04)
+    assert (dqn["learning_rate"], dqn["exploration_final_eps"]) == (1e-3, 0.04)  # see the preset
+    zoo = hyperparameters("dqn", "CartPole-v1", ZOO_DEPARTURES[("dqn", "CartPole-v1")])
+    assert (zoo["learning_rate"], zoo["double_q"]) == (2.3e-3, False)
     assert dqn["hidden_sizes"] == (256, 256) and dqn["activation"] == "relu"
     # gradient_steps -1 (one per collected step) becomes train_freq with one environment
     assert hyperparameters("dqn", "Acrobot-v1", {})["gradient_steps"] == 4
