@@ -1,7 +1,7 @@
 """Several critics of one shape evaluated as one network (TD3's twin critics).
 
 Evaluating ``n`` separate MLPs costs ``n`` kernels per layer, each forward and backward;
-stacking their weights ``[n, in, out]`` makes every layer one batched matrix product
+stacking their weights ``[n, in, out]`` makes every hidden layer one batched matrix product
 (``torch.baddbmm``) for all of them, and their optimiser step one pass over one tensor.
 """
 
@@ -64,8 +64,9 @@ class EnsembleQNet(nn.Module):
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """``[q_1(s, a), ..., q_n(s, a)]`` of shape ``[n, batch]``."""
         x = torch.cat([obs, actions], dim=-1).expand(self.n, -1, -1)
-        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
-            x = self.activation(torch.baddbmm(bias, x, weight))
+        # (Indexing, not slicing: a slice of a ParameterList builds a new module per call.)
+        for i in range(len(self.weights) - 1):
+            x = self.activation(torch.baddbmm(self.biases[i], x, self.weights[i]))
         # A width-1 output layer is one dot product per row: as a product and a sum it is
         # about 5x faster than batched GEMM's narrow-matrix path, forward and backward.
         # In float32 even where the hidden layers ran in bfloat16 (autocast): q keeps full
