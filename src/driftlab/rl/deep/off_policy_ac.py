@@ -5,7 +5,7 @@ Experience comes from a behaviour policy ``beta`` and is kept in a replay buffer
 ``beta(a|s)``, the probability with which each stored action was chosen. The target policy
 ``pi(a|s, theta)`` and the state value ``v(s, w)`` learn from minibatches of it, every
 transition weighted by the importance ratio of the current policy to the behaviour one
-(Zhao eq. 10.10-10.11)::
+(Zhao ch. 10.4)::
 
     rho   = min(pi(a|s) / beta(a|s), ratio_clip)      (truncated importance sampling)
     delta = r + gamma (1 - terminated) v'(s') - v(s)   (TD error; v' the target network)
@@ -14,11 +14,16 @@ transition weighted by the importance ratio of the current policy to the behavio
                    - ent_coef E[H(pi(.|s))]
 
 With ``rho`` untruncated, ``E_beta[rho delta grad ln pi]`` is the on-policy gradient
-``E_pi[delta grad ln pi]`` (Zhao eq. 10.10): the ratio corrects the distribution of actions
+``E_pi[delta grad ln pi]`` (Zhao ch. 10.4): the ratio corrects the distribution of actions
 (not of states, as in Degris et al.'s excursion objective). Truncating it at ``ratio_clip``
 (ACER, Wang et al. 2017; Retrace, Munos et al. 2016) bounds the variance of the estimate at
 the price of a bias towards the behaviour policy where ``pi >> beta``. ``s'`` is the real next
 observation, so truncated episodes bootstrap from it and terminated ones do not.
+
+As in DQN, every ``train_freq`` environment steps (summed over the ``n_envs`` copies) and once
+``learning_starts`` steps are stored, ``gradient_steps`` minibatches of ``batch_size`` are drawn
+uniformly from the last ``buffer_size`` transitions; ``v'`` follows ``v`` by Polyak averaging
+with rate ``tau``.
 
 Behaviour policies (``behaviour``):
 
@@ -113,7 +118,7 @@ class BehaviourReplayBuffer(ReplayBuffer):
 def truncated_importance_ratios(
     log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor, ratio_clip: float
 ) -> torch.Tensor:
-    """``rho = min(pi(a|s) / beta(a|s), ratio_clip)`` (Zhao eq. 10.10's ratio, truncated as in
+    """``rho = min(pi(a|s) / beta(a|s), ratio_clip)`` (Zhao ch. 10.4's ratio, truncated as in
     ACER), without gradient: it weighs the update, it is not optimised."""
     return torch.exp(log_probs.detach() - behaviour_log_probs).clamp(max=ratio_clip)
 
@@ -126,7 +131,7 @@ def off_policy_ac_losses(
     ratios: torch.Tensor,
     ent_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Critic and actor losses of Zhao eq. 10.11 on a minibatch: ``E[rho delta^2]`` and
+    """Critic and actor losses of Zhao ch. 10.4 on a minibatch: ``E[rho delta^2]`` and
     ``-E[rho delta ln pi] - ent_coef E[H]``, with ``delta = targets - values``."""
     delta = targets - values
     critic_loss = (ratios * delta.pow(2)).mean()

@@ -539,9 +539,9 @@ PRESETS: dict[tuple[str, str], dict[str, object]] = {
         "ent_coef": 0.01,
         "baseline": True,
     },
-    # Off-policy actor-critic: 8 environments, one gradient step per 8 environment steps (one
-    # per step cost 8x the compute for no better result). An entropy bonus of 0.01 let the
-    # policy turn near-deterministic at returns of 150-350; 0.05 keeps it exploring.
+    # Off-policy actor-critic: 8 environments and one gradient step per 8 environment steps
+    # (a step per environment step costs 8x the compute). With an entropy bonus of 0.01 the
+    # policy turned near-deterministic at returns of 150-350; 0.05 keeps it exploring.
     ("off_policy_ac", "CartPole-v1"): {
         "n_envs": 8,
         "total_steps": 200_000,

@@ -5,14 +5,14 @@ Each iteration collects ``n_steps`` steps of ``n_envs`` environments with the cu
 ``pi(a|s, theta)`` and stores every transition ``(s, a, r, s', terminated)``, ``s'`` being the
 real next observation (the final one where an episode ended). Then, on that batch:
 
-- critic (Sarsa, Zhao eq. 10.2's value update, TD(0) on the on-policy stream)::
+- critic (Sarsa, Zhao ch. 10.1's critic, TD(0) on the on-policy stream)::
 
       y = r + gamma (1 - terminated) q(s', a'),   a' ~ pi(.|s')
       L_q = E[(q(s, a, w) - y)^2]
 
   A truncated episode bootstraps from its real final observation ``s'``; a terminated one
   does not bootstrap.
-- actor (Zhao eq. 10.2's policy update, stochastic gradient ascent on J(theta))::
+- actor (Zhao ch. 10.1's actor, stochastic gradient ascent on J(theta))::
 
       L_pi = -E[ln pi(a|s, theta) q(s, a, w)] - ent_coef E[H(pi(.|s))]
 
@@ -56,7 +56,7 @@ def qac_actor_loss(
     entropy: torch.Tensor,
     ent_coef: float,
 ) -> torch.Tensor:
-    """``-E[ln pi(a|s) weight] - ent_coef E[H]``: minimising it ascends Zhao eq. 10.2's
+    """``-E[ln pi(a|s) weight] - ent_coef E[H]``: minimising it ascends Zhao ch. 10.1's
     ``E[grad ln pi(a|s) q(s, a)]`` (``weights`` is ``q(s, a)``, or ``q(s, a) - v(s)``)."""
     return -(log_probs * weights.detach()).mean() - ent_coef * entropy.mean()
 
