@@ -284,10 +284,12 @@ def test_cli_train_sample_eval_and_interrupt(tmp_path):
     slow = tmp_path / "slow"
     cmd = [sys.executable, "-m", "driftlab.cli", *base[:-1], str(slow), "--steps", "100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not (slow / "run.json").exists() and time.time() < deadline:
+    # Interrupt once training has logged a step (a loaded machine can take a while to start).
+    metrics = slow / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
