@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from driftlab.rl.deep.presets import hyperparameters
+from driftlab.rl.deep.presets import ZOO_DEPARTURES, hyperparameters
 
 # name -> (driftlab class name, environment, environment steps)
 CASES: dict[str, tuple[str, str, int]] = {
@@ -195,7 +195,9 @@ def run_driftlab(cls_name: str, env_id: str, hp: dict[str, Any], steps: int, see
 def measure(algo: str, seed: int, scale: float) -> dict:
     cls_name, env_id, full_steps = CASES[algo]
     steps = max(1, round(full_steps * scale))
-    hp = hyperparameters(algo, env_id, {"total_steps": steps})
+    # At the zoo's own settings where our preset departs from them (SB3 lacks the departure).
+    zoo = ZOO_DEPARTURES.get((algo, env_id), {})
+    hp = hyperparameters(algo, env_id, {**zoo, "total_steps": steps})
     runs = [("sb3", lambda: run_sb3(algo, env_id, hp, steps, seed))]
     runs.append(("driftlab", lambda: run_driftlab(cls_name, env_id, hp, steps, seed)))
     if seed % 2:
