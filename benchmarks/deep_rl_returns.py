@@ -116,8 +116,10 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         for record in pool.map(train, *zip(*jobs, strict=True)):
             print(json.dumps(record), flush=True)
-            print(f"{record['algo']} {record['env']} seed {record['seed']}: "
-                  f"{record['mean_return']}", file=sys.stderr)
+            print(
+                f"{record['algo']} {record['env']} seed {record['seed']}: {record['mean_return']}",
+                file=sys.stderr,
+            )
             records.append(record)
     plot(records)
 
@@ -129,16 +131,21 @@ def markdown(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for algo, env, _, threshold in CASES:
-        runs = sorted((r for r in records if r["algo"] == algo and r["env"] == env),
-                      key=lambda r: r["seed"])
+        runs = sorted(
+            (r for r in records if r["algo"] == algo and r["env"] == env), key=lambda r: r["seed"]
+        )
         if not runs:
             continue
         returns = [r["mean_return"] for r in runs]
         spread = statistics.pstdev(returns) if len(returns) > 1 else 0.0
-        passed = "report" if threshold is None else ("yes" if all(r["passed"] for r in runs)
-                                                      else "**no**")
-        reached = ", ".join("-" if r["reached_at"] is None else f"{r['reached_at']:,}"
-                            for r in runs)
+        passed = (
+            "report"
+            if threshold is None
+            else ("yes" if all(r["passed"] for r in runs) else "**no**")
+        )
+        reached = ", ".join(
+            "-" if r["reached_at"] is None else f"{r['reached_at']:,}" for r in runs
+        )
         lines.append(
             f"| {algo} | {env} | {runs[0]['steps']:,} | "
             f"{'-' if threshold is None else f'{threshold:g}'} | "
