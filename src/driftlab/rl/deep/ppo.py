@@ -16,54 +16,26 @@ categorical policy, continuous ones a Gaussian with a state-independent log-std.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from driftlab.rl.deep.algorithm import Algorithm
-from driftlab.rl.deep.buffers import RolloutBuffer, minibatches
-from driftlab.rl.deep.networks import ValueNet, make_policy, obs_dim
+from driftlab.rl.deep.actor_critic import ActorCritic
+from driftlab.rl.deep.buffers import minibatches
 from driftlab.rl.deep.optim import FlatParameters, adam
 from driftlab.rl.losses import clipped_surrogate_loss, clipped_value_loss
 
 
-class PPO(Algorithm):
+class PPO(ActorCritic):
     """``PPO(env, seed=0, **hyperparameters)``; see :mod:`driftlab.rl.deep.presets`."""
 
     name = "ppo"
 
     def build(self) -> None:
         c = self.config
-        self.policy = make_policy(
-            self.observation_space,
-            self.action_space,
-            c["hidden_sizes"],
-            c["activation"],
-            c["ortho_init"],
-            c["log_std_init"],
-        )
-        self.value = ValueNet(
-            obs_dim(self.observation_space), c["hidden_sizes"], c["activation"], c["ortho_init"]
-        )
+        self.build_actor_critic()
         self.flat = FlatParameters([*self.policy.parameters(), *self.value.parameters()])
         self.optimizer = adam(self.flat, c["learning_rate"], eps=1e-5)
-        discrete = self.policy.discrete
-        self.buffer = RolloutBuffer(
-            c["n_steps"],
-            self.envs.num_envs,
-            self.observation_space.shape,
-            () if discrete else self.action_space.shape,
-            torch.long if discrete else torch.float32,
-        )
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy, "value": self.value}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"optimizer": self.optimizer}
-
-    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        if deterministic:
-            return self.policy.mode(obs)
-        return self.policy.sample(obs, self.generator)[0]
 
     def iteration(self) -> dict[str, float]:
         self.collect()

@@ -32,14 +32,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from driftlab.rl.deep.algorithm import Algorithm
-from driftlab.rl.deep.buffers import RolloutBuffer, minibatches
+from driftlab.rl.deep.actor_critic import ActorCritic
+from driftlab.rl.deep.buffers import minibatches
 from driftlab.rl.deep.networks import (
     CategoricalPolicy,
     GaussianPolicy,
-    ValueNet,
-    make_policy,
-    obs_dim,
 )
 from driftlab.rl.deep.optim import FlatParameters, adam
 from driftlab.rl.losses import conjugate_gradient
@@ -161,49 +158,23 @@ def line_search(
     return False, 0.0, surrogate_before, 0.0
 
 
-class TRPO(Algorithm):
+class TRPO(ActorCritic):
     """``TRPO(env, seed=0, **hyperparameters)``; see :mod:`driftlab.rl.deep.presets`."""
 
     name = "trpo"
 
     def build(self) -> None:
         c = self.config
-        self.policy = make_policy(
-            self.observation_space,
-            self.action_space,
-            c["hidden_sizes"],
-            c["activation"],
-            c["ortho_init"],
-            c["log_std_init"],
-        )
-        self.value = ValueNet(
-            obs_dim(self.observation_space), c["hidden_sizes"], c["activation"], c["ortho_init"]
-        )
+        self.build_actor_critic()
         # The policy as one flat vector theta: the natural-gradient step and the line search
         # move all of it at once.
         self.policy_params = list(self.policy.parameters())
         self.policy_flat = FlatParameters(self.policy_params)
         self.value_flat = FlatParameters(self.value.parameters())
         self.critic_optimizer = adam(self.value_flat, c["critic_learning_rate"], eps=1e-5)
-        discrete = self.policy.discrete
-        self.buffer = RolloutBuffer(
-            c["n_steps"],
-            self.envs.num_envs,
-            self.observation_space.shape,
-            () if discrete else self.action_space.shape,
-            torch.long if discrete else torch.float32,
-        )
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy, "value": self.value}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic_optimizer": self.critic_optimizer}
-
-    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        if deterministic:
-            return self.policy.mode(obs)
-        return self.policy.sample(obs, self.generator)[0]
 
     def iteration(self) -> dict[str, float]:
         self.collect()

@@ -1,0 +1,47 @@
+"""What the on-policy actor-critic learners (A2C, TRPO, PPO) share: a stochastic policy
+``pi(a|s)`` (categorical or Gaussian), a state-value critic ``v(s)`` of the same shape, a
+rollout buffer, and acting with the policy's mode or a sample."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from driftlab.rl.deep.algorithm import Algorithm
+from driftlab.rl.deep.buffers import RolloutBuffer
+from driftlab.rl.deep.networks import ValueNet, make_policy, obs_dim
+
+
+class ActorCritic(Algorithm):
+    """Base of A2C, TRPO and PPO: :meth:`build_actor_critic` makes ``self.policy``,
+    ``self.value`` and ``self.buffer``; each learner adds its own optimisers."""
+
+    def build_actor_critic(self) -> None:
+        c = self.config
+        self.policy = make_policy(
+            self.observation_space,
+            self.action_space,
+            c["hidden_sizes"],
+            c["activation"],
+            c["ortho_init"],
+            c["log_std_init"],
+        )
+        self.value = ValueNet(
+            obs_dim(self.observation_space), c["hidden_sizes"], c["activation"], c["ortho_init"]
+        )
+        discrete = self.policy.discrete
+        self.buffer = RolloutBuffer(
+            c["n_steps"],
+            self.envs.num_envs,
+            self.observation_space.shape,
+            () if discrete else self.action_space.shape,
+            torch.long if discrete else torch.float32,
+        )
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"policy": self.policy, "value": self.value}
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        if deterministic:
+            return self.policy.mode(obs)
+        return self.policy.sample(obs, self.generator)[0]
