@@ -241,6 +241,7 @@ def _env_state(env: gym.Env) -> dict[str, Any] | None:
     if hasattr(inner, "data") and hasattr(inner, "set_state"):  # MuJoCo
         state["qpos"] = torch.as_tensor(inner.data.qpos.copy())
         state["qvel"] = torch.as_tensor(inner.data.qvel.copy())
+        state["mujoco"] = torch.as_tensor(_mujoco_integration_state(inner))
         return state
     physical = getattr(inner, "state", None)
     if physical is None:
@@ -259,10 +260,31 @@ def _load_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         limit._elapsed_steps = state["elapsed_steps"]
     if "qpos" in state:
         inner.set_state(state["qpos"].numpy(), state["qvel"].numpy())
+        if "mujoco" in state:
+            _set_mujoco_integration_state(inner, state["mujoco"].numpy())
         return
     inner.state = state["physics"].numpy().copy()
     if "steps_beyond_terminated" in state:
         inner.steps_beyond_terminated = state["steps_beyond_terminated"]
+
+
+def _mujoco_integration_state(inner: gym.Env) -> np.ndarray:
+    """MuJoCo's full integration state (time, qpos, qvel, activations, the constraint
+    solver's warm start, controls, ...): ``qpos``/``qvel`` alone are not enough for an exact
+    resume, because the solver starts from the previous step's accelerations and contact-rich
+    bodies (HalfCheetah) amplify the 1e-16 difference to whole units within 200 steps."""
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(inner.model, spec))
+    mujoco.mj_getState(inner.model, inner.data, state, spec)
+    return state
+
+
+def _set_mujoco_integration_state(inner: gym.Env, state: np.ndarray) -> None:
+    import mujoco
+
+    mujoco.mj_setState(inner.model, inner.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
 
 
 class AsyncVecEnv(VecEnv):
