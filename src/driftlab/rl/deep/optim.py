@@ -9,7 +9,9 @@ Adam act on one tensor each.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +49,66 @@ class FlatParameters:
         return norm
 
 
-def adam(flat: FlatParameters, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
-    """Adam over a flat parameter (the fused kernel: one pass over all parameters)."""
-    return torch.optim.Adam([flat.param], lr=lr, eps=eps, fused=True)
+class FlatAdam:
+    """Adam (Kingma & Ba 2015, Algorithm 1) on one flat parameter tensor:
+
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
+        theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps),
+
+    the update of ``torch.optim.Adam`` (to float rounding) in five in-place ops. A learner
+    updates its small networks thousands of times, and ``torch.optim.Optimizer.step``'s own
+    Python (hooks, parameter-group bookkeeping) cost more than the arithmetic; this keeps
+    only the arithmetic. ``param_groups``, ``state_dict`` and ``load_state_dict`` work as
+    for a torch optimiser with one group.
+    """
+
+    def __init__(
+        self,
+        flat: FlatParameters,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.param = flat.param
+        self.param_groups = [{"lr": lr, "betas": betas, "eps": eps}]
+        self.exp_avg = torch.zeros_like(self.param)
+        self.exp_avg_sq = torch.zeros_like(self.param)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
+        grad = self.param.grad
+        self.steps += 1
+        self.exp_avg.lerp_(grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2**self.steps)).add_(eps)
+        self.param.data.addcdiv_(self.exp_avg, denom, value=-lr / (1 - b1**self.steps))
+
+    def state_dict(self) -> dict[str, Any]:
+        """In ``torch.optim.Adam``'s layout: ``state[0]`` holds the moments and step count."""
+        return {
+            "state": {
+                0: {
+                    "step": torch.tensor(float(self.steps)),
+                    "exp_avg": self.exp_avg,
+                    "exp_avg_sq": self.exp_avg_sq,
+                }
+            },
+            "param_groups": [{**self.param_groups[0], "params": [0]}],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        group = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
+        group["betas"] = tuple(group["betas"])
+        self.param_groups = [group]
+        moments = state["state"][0]
+        self.exp_avg.copy_(moments["exp_avg"])
+        self.exp_avg_sq.copy_(moments["exp_avg_sq"])
+        self.steps = int(moments["step"])
+
+
+def adam(flat: FlatParameters, lr: float, eps: float = 1e-8) -> FlatAdam:
+    """Adam over a flat parameter (see :class:`FlatAdam`)."""
+    return FlatAdam(flat, lr=lr, eps=eps)

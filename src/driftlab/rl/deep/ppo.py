@@ -16,6 +16,7 @@ categorical policy, continuous ones a Gaussian with a state-independent log-std.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional
 
 from driftlab.rl.deep.actor_critic import ActorCritic
 from driftlab.rl.deep.buffers import minibatches
@@ -83,12 +84,16 @@ class PPO(ActorCritic):
         policy_loss = clipped_surrogate_loss(log_probs, batch["log_probs"], advantages, clip).mean()
         # vf_coef weighs the mean squared error (twice the 0.5-scaled loss), as in
         # Stable-Baselines3, so that presets carry over with the same meaning.
-        value_loss = (
-            2.0
-            * clipped_value_loss(
-                self.value(batch["obs"]), batch["values"], batch["returns"], c["clip_range_vf"]
-            ).mean()
-        )
+        values = self.value(batch["obs"])
+        if c["clip_range_vf"] is None:
+            value_loss = functional.mse_loss(values, batch["returns"])
+        else:
+            value_loss = (
+                2.0
+                * clipped_value_loss(
+                    values, batch["values"], batch["returns"], c["clip_range_vf"]
+                ).mean()
+            )
         return policy_loss, value_loss, entropy
 
     def update(self) -> dict[str, float]:
