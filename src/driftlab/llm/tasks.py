@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -38,7 +39,7 @@ def _tagged(answer: str) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Task:
+class Task(ABC):
     """Base of the tasks: splitting, seeded sampling and the reward interface.
 
     A task implements ``_draw(rng)`` (a random problem's defining fields), ``_key`` (its
@@ -63,20 +64,22 @@ class Task:
         return lines + _tagged(answer)
 
     # -- what each task defines ---------------------------------------------------------------
-    def _draw(self, rng: random.Random) -> Problem:
-        raise NotImplementedError
+    @abstractmethod
+    def _draw(self, rng: random.Random) -> Problem: ...
 
-    def _key(self, problem: Problem) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _key(self, problem: Problem) -> str: ...
 
+    @abstractmethod
     def _complete(self, problem: Problem) -> Problem | None:
         """The full problem dict, or ``None`` to reject the draw (an unsolvable one)."""
-        raise NotImplementedError
+        ...
 
     @property
+    @abstractmethod
     def reward_functions(self) -> list[RewardFunction]:
         """The task's reward functions: correctness first, then format."""
-        raise NotImplementedError
+        ...
 
     # -- shared mechanics ---------------------------------------------------------------------
     def split_of(self, problem: Problem) -> str:
@@ -137,7 +140,7 @@ def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _TwoOperandTask(Task):
+class _TwoOperandTask(Task, ABC):
     """``a op b`` with operands of ``min_digits`` to ``digits`` digits each."""
 
     symbol: ClassVar[str] = ""
@@ -175,11 +178,11 @@ class _TwoOperandTask(Task):
             "b": b,
         }
 
-    def _apply(self, a: int, b: int) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def _apply(self, a: int, b: int) -> int: ...
 
-    def _steps(self, a: int, b: int) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def _steps(self, a: int, b: int) -> list[str]: ...
 
     @property
     def reward_functions(self) -> list[RewardFunction]:

@@ -45,3 +45,27 @@ class ActorCritic(Algorithm):
         if deterministic:
             return self.policy.mode(obs)
         return self.policy.sample(obs, self.generator)[0]
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        """Fill the rollout buffer with ``n_steps`` steps of every environment, then GAE."""
+        c, buffer = self.config, self.buffer
+        buffer.reset()
+        while not buffer.full:
+            obs = torch.from_numpy(self.obs)
+            actions, log_probs = self.policy.sample(obs, self.generator)
+            step = self.envs.step(self.to_env_actions(actions))
+            buffer.add(
+                obs,
+                actions,
+                log_probs,
+                self.value(obs),
+                step.rewards,
+                step.terminated,
+                step.truncated,
+                step.final_obs,
+            )
+            self.obs = step.obs
+            self.num_steps += self.envs.num_envs
+        last_values = self.value(torch.from_numpy(self.obs))
+        buffer.compute_advantages(last_values, self.value, c["gamma"], c["gae_lambda"])

@@ -184,30 +184,6 @@ class TRPO(ActorCritic):
         self.num_updates += 1
         return metrics
 
-    @torch.no_grad()
-    def collect(self) -> None:
-        """Fill the rollout buffer with ``n_steps`` steps of every environment, then GAE."""
-        c, buffer = self.config, self.buffer
-        buffer.reset()
-        while not buffer.full:
-            obs = torch.from_numpy(self.obs)
-            actions, log_probs = self.policy.sample(obs, self.generator)
-            step = self.envs.step(self.to_env_actions(actions))
-            buffer.add(
-                obs,
-                actions,
-                log_probs,
-                self.value(obs),
-                step.rewards,
-                step.terminated,
-                step.truncated,
-                step.final_obs,
-            )
-            self.obs = step.obs
-            self.num_steps += self.envs.num_envs
-        last_values = self.value(torch.from_numpy(self.obs))
-        buffer.compute_advantages(last_values, self.value, c["gamma"], c["gae_lambda"])
-
     def update_policy(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
         """One natural-gradient step on the whole batch, kept inside the KL trust region."""
         c = self.config
