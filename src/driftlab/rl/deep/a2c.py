@@ -31,6 +31,7 @@ class A2C(ActorCritic):
     """``A2C(env, seed=0, **hyperparameters)``; see :mod:`driftlab.rl.deep.presets`."""
 
     name = "a2c"
+    values_in_rollout = False  # update() values the whole rollout in one forward pass
 
     def build(self) -> None:
         c = self.config
@@ -55,32 +56,6 @@ class A2C(ActorCritic):
     def iteration(self) -> dict[str, float]:
         self.collect()
         return self.update()
-
-    @torch.no_grad()
-    def collect(self) -> None:
-        """Fill the rollout buffer with ``n_steps`` steps of every environment.
-
-        Values are not computed here: A2C takes a single gradient step per rollout, so the
-        critic is unchanged until then and :meth:`update` values every state in one batched
-        forward pass that also serves the value loss."""
-        buffer = self.buffer
-        buffer.reset()
-        while not buffer.full:
-            obs = torch.from_numpy(self.obs)
-            actions, log_probs = self.policy.sample(obs, self.generator)
-            step = self.envs.step(self.to_env_actions(actions))
-            buffer.add(
-                obs,
-                actions,
-                log_probs,
-                0.0,  # v(s_t), filled in by update()
-                step.rewards,
-                step.terminated,
-                step.truncated,
-                step.final_obs,
-            )
-            self.obs = step.obs
-            self.num_steps += self.envs.num_envs
 
     def update(self) -> dict[str, float]:
         """Advantages of the collected rollout, then one gradient step on the A2C loss."""

@@ -46,9 +46,15 @@ class ActorCritic(Algorithm):
             return self.policy.mode(obs)
         return self.policy.sample(obs, self.generator)[0]
 
+    # Whether collect() values the states and computes GAE. A2C turns it off: its single
+    # gradient step per rollout values every state in the same batched forward pass that
+    # serves its value loss.
+    values_in_rollout = True
+
     @torch.no_grad()
     def collect(self) -> None:
-        """Fill the rollout buffer with ``n_steps`` steps of every environment, then GAE."""
+        """Fill the rollout buffer with ``n_steps`` steps of every environment, then GAE
+        (unless :attr:`values_in_rollout` is off)."""
         c, buffer = self.config, self.buffer
         buffer.reset()
         while not buffer.full:
@@ -59,7 +65,7 @@ class ActorCritic(Algorithm):
                 obs,
                 actions,
                 log_probs,
-                self.value(obs),
+                self.value(obs) if self.values_in_rollout else 0.0,
                 step.rewards,
                 step.terminated,
                 step.truncated,
@@ -67,5 +73,7 @@ class ActorCritic(Algorithm):
             )
             self.obs = step.obs
             self.num_steps += self.envs.num_envs
+        if not self.values_in_rollout:
+            return
         last_values = self.value(torch.from_numpy(self.obs))
         buffer.compute_advantages(last_values, self.value, c["gamma"], c["gae_lambda"])

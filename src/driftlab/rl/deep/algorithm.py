@@ -19,6 +19,7 @@ import math
 import signal
 import sys
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
@@ -86,7 +87,7 @@ def get_algorithm(name: str) -> type[Algorithm]:
     return ALGORITHMS[name]
 
 
-class Algorithm:
+class Algorithm(ABC):
     """Base of the deep RL learners: ``Algo(env, seed=0, **hyperparameters)``.
 
     ``env`` is a Gymnasium id or environment; hyperparameters default to the preset of that
@@ -134,25 +135,25 @@ class Algorithm:
 
     # -- what an algorithm writes -----------------------------------------------------------
 
+    @abstractmethod
     def build(self) -> None:
         """Create networks, optimisers and buffers from ``self.config``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def iteration(self) -> dict[str, float]:
         """Collect experience, update once, advance ``self.num_steps``; return metrics."""
-        raise NotImplementedError
 
+    @abstractmethod
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         """The policy's actions for a batch of (normalised) observations."""
-        raise NotImplementedError
 
+    @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
         """Every network, by name (saved and loaded)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Every optimiser, by name (saved and loaded for an exact resume)."""
-        raise NotImplementedError
 
     def replay_buffer(self) -> Any:
         """The replay buffer of off-policy learners (saved on request), else ``None``."""
@@ -313,8 +314,8 @@ class Algorithm:
         """Algorithm-specific counters to save (override when there are any)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Restore what :meth:`extra_state` saved (nothing by default)."""
 
     def state_dict(self, include_buffer: bool = False) -> dict[str, Any]:
         state: dict[str, Any] = {
