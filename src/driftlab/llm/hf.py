@@ -74,6 +74,30 @@ class HFPolicy(nn.Module):
         new_past = out.get("cache", None)
         return out.logits, out.get("past_key_values", None) if new_past is None else new_past
 
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The last layer's hidden states ``[batch, T, hidden]`` (the base model's
+        ``last_hidden_state``, after the final norm in GPT-2 and Llama), the features a value
+        head reads (PPO)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = (attention_mask.long().cumsum(dim=1) - 1).masked_fill(attention_mask == 0, 1)
+        # The base model (``model.base_model``) skips the vocabulary projection we do not need.
+        out = self.model.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's output embedding applied to :meth:`hidden_states`: ``forward``'s logits
+        from one backbone pass that also feeds a value head (for models whose logits are that
+        plain projection: GPT-2, Llama, Qwen; not those that soft-cap them)."""
+        return self.model.get_output_embeddings()(hidden)
+
 
 class HFTokenizer:
     """A Hugging Face tokenizer with the driftlab tokenizer protocol (``pad_id``, ``bos_id``,

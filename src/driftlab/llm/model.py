@@ -208,6 +208,28 @@ class TransformerLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past: KVCache | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
+        hidden, new_past = self._backbone(input_ids, attention_mask, past)
+        return self.logits_from_hidden(hidden), new_past
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final hidden states ``[batch, T, d_model]`` (after the final norm), the
+        features the output projection turns into logits; what a value head reads (PPO)."""
+        return self._backbone(input_ids, attention_mask, None)[0]
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output projection: ``forward``'s logits from :meth:`hidden_states`, so one
+        backbone pass can feed both the language-model head and a value head."""
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return functional.linear(hidden, weight)
+
+    def _backbone(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past: KVCache | None,
+    ) -> tuple[torch.Tensor, KVCache]:
         batch, length = input_ids.shape
         past_length = 0 if past is None else past[0][0].shape[2]
         total = past_length + length
@@ -238,9 +260,7 @@ class TransformerLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x, present = block(x, allowed, rotary, None if past is None else past[i])
             new_past.append(present)
-        x = self.final_norm(x)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return functional.linear(x, weight), new_past
+        return self.final_norm(x), new_past
 
     @staticmethod
     def _allowed(keep: torch.Tensor, past_length: int, length: int) -> torch.Tensor:
