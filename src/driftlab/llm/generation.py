@@ -18,6 +18,11 @@ Conventions, shared with the trainers:
   :func:`sequence_log_probs` recomputes with the same temperature, as TRL and verl do in
   training (top-p only restricts which tokens can be drawn). Greedy decoding
   (``temperature=0``) records the log-probs at temperature 1.
+- Sampling that does not depend on how a batch is split: given ``uniforms`` (one number in
+  ``[0, 1)`` per row and step, drawn for the whole global batch), each token is drawn by
+  inverse-CDF sampling, the first token whose cumulative probability exceeds the row's
+  uniform. A row's completion then depends only on its prompt, its uniforms and the
+  weights, not on which other rows share its batch or its process.
 """
 
 from __future__ import annotations
@@ -68,14 +73,28 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token of each row of ``probs`` ``[rows, vocab]`` whose cumulative-probability
+    interval contains ``uniforms[row]`` (in ``[0, 1)``, scaled by the row's total so that
+    rounding in the sum never points past the last token). A zero-probability token has an
+    empty interval, so it is never drawn."""
+    cdf = probs.cumsum(dim=-1)
+    targets = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
+    tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    return tokens.clamp(max=probs.shape[-1] - 1)
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row of ``logits`` ``[rows, vocab]`` and its log-prob under the tempered
-    (untruncated) distribution; ``temperature=0`` takes the argmax."""
+    (untruncated) distribution; ``temperature=0`` takes the argmax. With ``uniforms``
+    (``[rows]`` in ``[0, 1)``) the draw is :func:`inverse_cdf_sample` of them, else
+    ``torch.multinomial`` with ``generator``."""
     logits = logits.float()
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)
@@ -83,7 +102,10 @@ def sample_tokens(
     else:
         log_probs = (logits / temperature).log_softmax(dim=-1)
         probs = top_p_filter(log_probs, top_p).softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if uniforms is None:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            tokens = inverse_cdf_sample(probs, uniforms)
     return tokens, log_probs.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -101,12 +123,16 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    uniforms: torch.Tensor | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt, recording per-token log-probs.
 
     With ``use_cache`` each step feeds only the new token and the policy's key/value cache;
     without, the whole sequence is recomputed every step (slow; a reference for tests).
-    A seeded ``generator`` makes sampling deterministic.
+    A seeded ``generator`` makes sampling deterministic. ``uniforms``
+    ``[batch * group_size, max_new_tokens]`` in ``[0, 1)`` replace the generator: token ``t``
+    of row ``i`` is the inverse-CDF draw of ``uniforms[i, t]``, so slicing the uniforms of a
+    global batch with its rows gives every row the completion it has in the whole batch.
     """
     check_int("max_new_tokens", max_new_tokens, minimum=1)
     check_int("group_size", group_size, minimum=1)
@@ -122,15 +148,23 @@ def generate(
     mask = prompt_mask.repeat_interleave(group_size, dim=0).long()
     prompt_ids, prompt_mask = ids, mask
     rows = ids.shape[0]
+    if uniforms is not None and tuple(uniforms.shape) != (rows, max_new_tokens):
+        raise ValueError(
+            f"uniforms must be [batch * group_size, max_new_tokens] = {(rows, max_new_tokens)}, "
+            f"got {tuple(uniforms.shape)}"
+        )
     finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
     tokens, log_probs, active = [], [], []
     inputs, past = ids, None
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if use_cache:
             logits, past = policy(inputs, attention_mask=mask, past=past)
         else:
             logits, _ = policy(ids, attention_mask=mask)
-        token, log_prob = sample_tokens(logits[:, -1], temperature, top_p, generator)
+        row_uniforms = None if uniforms is None else uniforms[:, step]
+        token, log_prob = sample_tokens(
+            logits[:, -1], temperature, top_p, generator, uniforms=row_uniforms
+        )
         running = ~finished
         token = torch.where(running, token, torch.full_like(token, pad_id))
         tokens.append(token)
@@ -159,13 +193,16 @@ def sequence_log_probs(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token ``log pi(y_t | x, y_<t)`` of the completions, ``[rows, completion_len]``, from
     one teacher-forced forward pass; 0 where ``completion_mask`` is 0.
 
     The distribution is ``softmax(logits / temperature)``, the one :func:`generate` samples
     from, so with the same weights the result equals the recorded ``Rollout.log_probs``.
-    Gradients flow (this is the policy term of the trainers' losses).
+    Gradients flow (this is the policy term of the trainers' losses). With
+    ``return_entropy`` also the entropy of that distribution at every completion position
+    (detached, 0 where masked): the trainers log its mean.
     """
     check_positive("temperature", temperature)
     ids = torch.cat((prompt_ids, completion_ids), dim=1)
@@ -174,5 +211,11 @@ def sequence_log_probs(
     start = prompt_ids.shape[1]
     # Position t predicts token t + 1: the prompt's last position predicts the first answer token.
     predicting = logits[:, start - 1 : -1].float() / temperature
-    log_probs = predicting.log_softmax(dim=-1).gather(2, completion_ids[:, :, None]).squeeze(2)
-    return log_probs * completion_mask.to(log_probs.dtype)
+    all_log_probs = predicting.log_softmax(dim=-1)
+    log_probs = all_log_probs.gather(2, completion_ids[:, :, None]).squeeze(2)
+    weights = completion_mask.to(log_probs.dtype)
+    if not return_entropy:
+        return log_probs * weights
+    with torch.no_grad():
+        entropy = -(all_log_probs.exp() * all_log_probs).sum(dim=-1) * weights
+    return log_probs * weights, entropy
