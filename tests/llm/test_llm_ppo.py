@@ -6,16 +6,21 @@ import copy
 import pytest
 import torch
 
+from driftlab.core.config import ConfigError
 from driftlab.llm.generation import sequence_log_probs
 from driftlab.llm.model import TransformerConfig, TransformerLM
 from driftlab.llm.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    PPOConfig,
+    PPOTrainer,
     last_token,
     masked_whiten,
     token_advantages,
     token_rewards,
 )
+from driftlab.llm.tokenizer import CharTokenizer
+from driftlab.llm.trainer import Experience
 from driftlab.llm.value import ValueModel
 
 torch.set_num_threads(1)
@@ -139,11 +144,224 @@ def test_value_model_reads_the_state_before_each_token():
     # V(s_t) is read where the logits of token t are: position prompt_len - 1 + t.
     expected = (hidden[:, 4:8] @ head.head.weight[0] + head.head.bias) * completion_mask
     assert torch.allclose(values, expected, atol=1e-6)
-    log_probs, same_values = head.log_probs_and_values(
+    log_probs, entropy, same_values = head.log_probs_and_values(
         prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=0.7
     )
-    reference = sequence_log_probs(
-        policy, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=0.7
+    reference, reference_entropy = sequence_log_probs(
+        policy,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        temperature=0.7,
+        return_entropy=True,
     )
-    assert torch.allclose(log_probs, reference, atol=1e-6)
+    assert torch.equal(log_probs, reference) and torch.equal(entropy, reference_entropy)
     assert torch.allclose(same_values, values)
+
+
+# -- the trainer ------------------------------------------------------------------------------
+
+TOK = CharTokenizer()
+
+
+def length_reward(prompts, completions, **fields):
+    """A reward every completion earns differently (a random policy rarely adds right)."""
+    return [len(c) / 10 for c in completions]
+
+
+def ppo_trainer(policy=None, tokenizer=TOK, **options):
+    settings = {
+        "task_options": {"digits": 1},
+        "prompts_per_step": 4,
+        "group_size": 4,
+        "max_new_tokens": 10,
+        "train_size": 40,
+        "eval_size": 8,
+        "lr": 1e-3,
+        **options,
+    }
+    if policy is None:
+        policy = tiny_lm(vocab=TOK.vocab_size)
+    return PPOTrainer(policy, tokenizer, PPOConfig(**settings), reward_functions=[length_reward])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"value_model": "critic"}, "value_model must be one of 'separate', 'head'; got 'critic'"),
+        ({"kl_controller": "adaptive", "beta": 0.0}, "kl_controller 'adaptive' needs beta > 0"),
+        ({"kl_controller": "pid"}, "kl_controller must be one of"),
+        ({"kl_target": 0.0}, "kl_target must be > 0, got 0.0"),
+        ({"kl_horizon": 0}, "kl_horizon must be >= 1, got 0"),
+        ({"value_lr": -1e-3}, "value_lr must be > 0, got -0.001"),
+        ({"vf_coef": -1.0}, "vf_coef must be >= 0, got -1.0"),
+        ({"value_clip": 0.0}, "value_clip must be > 0, got 0.0"),
+        ({"clip_eps": 0.0}, "clip_eps must be > 0, got 0.0"),
+        ({"lam": 1.5}, r"lam must be in \[0.0, 1.0\], got 1.5"),
+        ({"gamma": -0.1}, r"gamma must be in \[0.0, 1.0\], got -0.1"),
+        ({"whiten_advantages": "yes"}, "whiten_advantages must be true or false"),
+    ],
+)
+def test_bad_config_values_raise_one_line_errors(options, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        PPOConfig(**options)
+    assert "\n" not in str(error.value)
+
+
+def hand_experience(trainer):
+    """One group of two completions shaped like ``MASK``, with set values, returns and
+    advantages."""
+    prompt_ids = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    completion_ids = torch.tensor([[8, 9, 10], [11, 12, TOK.pad_id]])
+    return Experience(
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones_like(prompt_ids),
+        completion_ids=completion_ids,
+        completion_mask=MASK,
+        old_log_probs=torch.zeros(2, 3),
+        ref_log_probs=None,
+        rewards=SCORES,
+        correct=SCORES,
+        problems=[{"prompt": "1+1=\n", "target": 2}],
+        group_size=2,
+        advantages=torch.tensor([[1.0, -1.0, 0.5], [2.0, 0.0, 0.0]]),
+        extras={
+            "values": torch.tensor([[0.0, 0.5, 1.0], [0.3, 0.3, 0.0]]),
+            "returns": torch.tensor([[1.0, 0.2, 0.9], [0.0, 0.6, 0.0]]),
+        },
+    )
+
+
+@pytest.mark.parametrize(("value_clip", "expected"), [(0.2, 0.113), (None, 0.085)])
+def test_clipped_value_loss_on_the_batch(value_clip, expected):
+    trainer = ppo_trainer(value_clip=value_clip, vf_coef=0.5)
+    # Every value is the head's bias, 0.4.
+    torch.nn.init.constant_(trainer.value_model.head.bias, 0.4)
+    exp = hand_experience(trainer)
+    loss, metrics = trainer.loss(exp, exp.old_log_probs.clone())
+    # Tokens (v_old, R) with v = 0.4 and clip 0.2: 0.5 max((v - R)^2, (v_clipped - R)^2) =
+    # 0.32 (v_clipped 0.2), 0.02, 0.125 (v_clipped 0.8, the unclipped error is larger), 0.08,
+    # 0.02; the token mean is 0.565 / 5. Unclipped: 0.5 (0.36 + 0.04 + 0.25 + 0.16 + 0.04) / 5.
+    assert metrics["value_loss"] == pytest.approx(expected)
+    # Ratio 1: the surrogate is -mean(A) over the five tokens, -(1 - 1 + 0.5 + 2 + 0) / 5.
+    assert metrics["policy_loss"] == pytest.approx(-0.5)
+    assert float(loss.detach()) == pytest.approx(-0.5 + 0.5 * expected)
+    assert metrics["value_clip_fraction"] == pytest.approx(0.4 if value_clip else 0.0)
+    assert metrics["ratio_min"] == metrics["ratio_max"] == 1.0
+
+
+def test_one_epoch_one_minibatch_has_ratio_exactly_one():
+    metrics = ppo_trainer(mu=1, minibatch_size=None).step()
+    assert metrics["ratio_min"] == metrics["ratio_max"] == 1.0
+    assert metrics["clip_low"] == metrics["clip_high"] == 0.0
+    # Two passes: the second pass's ratios have moved.
+    moved = ppo_trainer(mu=2, minibatch_size=None).step()
+    assert moved["ratio_max"] > 1.0 or moved["ratio_min"] < 1.0
+
+
+@pytest.mark.parametrize("value_model", ["separate", "head"])
+def test_ppo_update_decreases_the_loss_on_its_batch(value_model):
+    trainer = ppo_trainer(value_model=value_model, value_lr=1e-2, mu=1, beta=0.1)
+    trainer.step()  # the policy moves away from the reference: the KL penalty is live
+    exp = trainer.collect(trainer.select_problems(trainer.config.prompts_per_step))
+    trainer.prepare(exp)
+    assert exp.advantages.shape == exp.completion_mask.shape
+    assert exp.extras["returns"].shape == exp.completion_mask.shape
+
+    def loss_on_batch():
+        with torch.no_grad():
+            return trainer.loss(exp, trainer.forward(exp)[0])
+
+    before, before_metrics = loss_on_batch()
+    policy_before = [p.detach().clone() for p in trainer.policy.parameters()]
+    trainer.update(exp)
+    after, after_metrics = loss_on_batch()
+    assert float(after) < float(before)
+    assert after_metrics["value_loss"] < before_metrics["value_loss"]
+    assert after_metrics["policy_loss"] < before_metrics["policy_loss"]
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(policy_before, trainer.policy.parameters(), strict=True)
+    )
+
+
+def test_separate_value_model_leaves_the_policy_alone_and_head_shares_it():
+    separate = ppo_trainer(value_model="separate")
+    head = ppo_trainer(value_model="head")
+    n_policy = sum(p.numel() for p in separate.policy.parameters())
+    assert sum(p.numel() for p in separate.parameters_to_train()) == 2 * n_policy + 17
+    assert sum(p.numel() for p in head.parameters_to_train()) == n_policy + 17
+    assert set(head.modules()) == {"policy", "reference", "value_model"}
+    # The value loss alone: it reaches the policy's weights only through a shared backbone.
+    for trainer, reaches_policy in ((separate, False), (head, True)):
+        torch.nn.init.normal_(trainer.value_model.head.weight)
+        exp = hand_experience(trainer)
+        exp.advantages = torch.zeros(2, 3)
+        trainer.optimizer.zero_grad()
+        loss, _ = trainer.loss(exp, trainer.forward(exp)[0])
+        loss.backward()
+        grads = [p.grad for p in trainer.policy.parameters() if p.grad is not None]
+        assert any(bool(g.abs().sum() > 0) for g in grads) == reaches_policy
+
+
+def test_adaptive_kl_coefficient_follows_the_batch_kl():
+    trainer = ppo_trainer(kl_controller="adaptive", beta=0.2, kl_target=0.5, kl_horizon=64, lr=1e-2)
+    first = trainer.step()
+    assert first["kl_coef"] == 0.2
+    second = trainer.step()
+    # Ziegler et al.: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * rows / horizon.
+    error = min(max(first["sequence_kl"] / 0.5 - 1.0, -0.2), 0.2)
+    assert second["kl_coef"] == pytest.approx(0.2 * (1 + error * 16 / 64))
+    error = min(max(second["sequence_kl"] / 0.5 - 1.0, -0.2), 0.2)
+    assert trainer.kl_controller.value == pytest.approx(second["kl_coef"] * (1 + error / 4))
+    assert second["kl_coef"] != 0.2
+
+
+@pytest.mark.parametrize("value_model", ["separate", "head"])
+def test_exact_resume(tmp_path, value_model):
+    options = {"value_model": value_model, "kl_controller": "adaptive", "mu": 2}
+    options["minibatch_size"] = 8
+    straight = ppo_trainer(**options)
+    straight.train(3, show_progress=False)
+    first = ppo_trainer(**options, seed=0)
+    first.train(2, show_progress=False)
+    first.save(tmp_path)
+    resumed = PPOTrainer.resume(tmp_path, reward_functions=[length_reward])
+    assert resumed.kl_controller.value == first.kl_controller.value
+    resumed.train(1, show_progress=False)
+    for a, b in zip(straight.parameters_to_train(), resumed.parameters_to_train(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.kl_controller.value == straight.kl_controller.value
+
+
+@pytest.mark.parametrize("value_model", ["separate", "head"])
+def test_ppo_step_on_a_hugging_face_policy(value_model):
+    transformers = pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=TOK.vocab_size,
+        n_positions=64,
+        bos_token_id=TOK.bos_id,
+        eos_token_id=TOK.eos_id,
+        pad_token_id=TOK.pad_id,
+    )
+    policy = HFPolicy(transformers.GPT2LMHeadModel(config)).eval()
+    ids = torch.randint(3, TOK.vocab_size, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    logits, _ = policy(ids, mask)
+    assert torch.allclose(policy.logits_from_hidden(policy.hidden_states(ids, mask)), logits)
+    trainer = ppo_trainer(policy, value_model=value_model, value_lr=1e-2, mu=2, minibatch_size=8)
+    before = [p.detach().clone() for p in trainer.parameters_to_train()]
+    first, second = trainer.step(), trainer.step()
+    for metrics in (first, second):
+        assert all(v == v for v in metrics.values())  # no NaN
+    assert second["value_mean"] != 0.0  # the value head has learned something
+    after = trainer.parameters_to_train()
+    assert all(not torch.equal(p, q) for p, q in zip(before[-2:], after[-2:], strict=True))

@@ -23,13 +23,35 @@ The value function is a head on the policy's backbone or a separate copy of it
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from driftlab.core.config import check_int, check_positive
-from driftlab.rl.losses import gae, kl_estimate
+from driftlab.core.config import (
+    ConfigError,
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
+from driftlab.llm import distributed
+from driftlab.llm.trainer import Experience, RLConfig, RLTrainer
+from driftlab.llm.value import ValueModel
+from driftlab.rl.losses import (
+    clip_fractions,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+    gae,
+    kl_estimate,
+)
+
+VALUE_MODELS = ("separate", "head")
+KL_CONTROLLERS = ("fixed", "adaptive")
 
 # ---------------------------------------------------------------------------------------------
 # Per-token rewards, GAE over tokens, whitening
@@ -166,3 +188,239 @@ class AdaptiveKLController(FixedKLController):
     def update(self, kl: float, n_steps: int) -> None:
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class PPOConfig(RLConfig):
+    """PPO's options on top of :class:`~driftlab.llm.trainer.RLConfig`, validated on creation.
+
+    - ``beta``: the KL coefficient in the reward (its initial value with the adaptive
+      controller); ``kl_controller`` ``"fixed"`` or ``"adaptive"`` (Ziegler et al. sec. 2.2)
+      towards ``kl_target`` (nats per sequence) over ``kl_horizon`` episodes.
+    - ``value_model``: ``"separate"`` (a copy of the policy's backbone with a scalar head) or
+      ``"head"`` (a scalar head on the policy's own backbone); ``value_lr`` its learning
+      rate (``None``: ``lr``), ``vf_coef`` the value loss's weight, ``value_clip`` the range
+      of the clipped value loss (``None``: unclipped).
+    - ``clip_eps``: the ratio clip of the surrogate (PPO eq. 7); ``gamma`` and ``lam`` of GAE
+      over tokens; ``whiten_advantages`` over the batch's tokens.
+    """
+
+    beta: float = 0.05
+    kl_controller: str = "fixed"
+    kl_target: float = 6.0
+    kl_horizon: int = 10_000
+    value_model: str = "separate"
+    value_lr: float | None = None
+    vf_coef: float = 0.1
+    value_clip: float | None = 0.2
+    clip_eps: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("kl_controller", self.kl_controller, KL_CONTROLLERS)
+        check_positive("kl_target", self.kl_target)
+        check_int("kl_horizon", self.kl_horizon, minimum=1)
+        if self.kl_controller == "adaptive" and self.beta == 0:
+            raise ConfigError(
+                "kl_controller 'adaptive' needs beta > 0 (its initial coefficient), got 0.0"
+            )
+        check_choice("value_model", self.value_model, VALUE_MODELS)
+        if self.value_lr is not None:
+            check_positive("value_lr", self.value_lr)
+        check_nonnegative("vf_coef", self.vf_coef)
+        if self.value_clip is not None:
+            check_positive("value_clip", self.value_clip)
+        check_in_range("clip_eps", self.clip_eps, 0.0, 1.0)
+        check_positive("clip_eps", self.clip_eps)
+        check_in_range("gamma", self.gamma, 0.0, 1.0)
+        check_in_range("lam", self.lam, 0.0, 1.0)
+        if not isinstance(self.whiten_advantages, bool):
+            raise ConfigError(
+                f"whiten_advantages must be true or false, got {self.whiten_advantages!r}"
+            )
+
+
+class PPOTrainer(RLTrainer):
+    """PPO with a value function for language models (see the module docstring).
+
+    ``value_model`` (``self.value_model``, a :class:`~driftlab.llm.value.ValueModel`) is
+    built from the policy: a separate deep copy of it, or a head on it. The optimiser has two
+    parameter groups, the policy's and the value model's (``lr_scale = value_lr / lr``).
+    """
+
+    name = "ppo"
+    config_class = PPOConfig
+    config: PPOConfig
+
+    def __init__(self, policy: nn.Module, tokenizer: Any, config: PPOConfig, **kwargs: Any):
+        super().__init__(policy, tokenizer, config, **kwargs)
+        shared = config.value_model == "head"
+        backbone = policy if shared else copy.deepcopy(policy)
+        self.value_model = ValueModel(backbone, shared=shared)
+        self.value_model.requires_grad_(True)
+        self.value_model.eval()
+        if config.kl_controller == "adaptive":
+            self.kl_controller: FixedKLController = AdaptiveKLController(
+                config.beta, config.kl_target, config.kl_horizon
+            )
+        else:
+            self.kl_controller = FixedKLController(config.beta)
+        self._head_values: torch.Tensor | None = None
+        self._prepared: dict[str, float] = {}
+
+    # -- what the optimiser trains and the checkpoint holds -----------------------------------
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The value model's own parameters (the head alone when it shares the policy's)."""
+        return list(self.value_model.parameters())
+
+    def parameters_to_train(self) -> list[nn.Parameter]:
+        return super().parameters_to_train() + self.value_parameters()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The policy's parameters at ``lr``; the value model's at ``value_lr``."""
+        c = self.config
+        value_lr = c.lr if c.value_lr is None else c.value_lr
+        return [
+            {"params": super().parameters_to_train()},
+            {"params": self.value_parameters(), "lr": value_lr, "lr_scale": value_lr / c.lr},
+        ]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over :meth:`param_groups`, built on first use."""
+        if self._optimizer is None:
+            c = self.config
+            self._optimizer = torch.optim.AdamW(
+                self.param_groups(), lr=c.lr, weight_decay=c.weight_decay
+            )
+        return self._optimizer
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), "value_model": self.value_model}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl_controller.load_state_dict(state["kl_controller"])
+
+    # -- the algorithm ------------------------------------------------------------------------
+
+    def values(self, exp: Experience) -> torch.Tensor:
+        """``V(s_t)`` of every completion token of ``exp`` ``[rows, T]`` (with gradients)."""
+        return self.value_model(
+            exp.prompt_ids, exp.prompt_mask, exp.completion_ids, exp.completion_mask
+        )
+
+    @torch.no_grad()
+    def prepare(self, exp: Experience) -> None:
+        """Per-token rewards with the KL penalty, GAE over tokens, whitened advantages; the
+        value targets and the values at sampling go to ``exp.extras`` (``"returns"``,
+        ``"values"``). Then the KL coefficient adapts to this batch's KL."""
+        c = self.config
+        mask = exp.completion_mask
+        self.value_model.eval()
+        values = self.values(exp).float()
+        beta = self.kl_controller.value
+        rewards, kl = token_rewards(
+            exp.rewards.float(), mask, exp.old_log_probs.float(), exp.ref_log_probs, beta
+        )
+        advantages, returns = token_advantages(rewards, values, mask, c.gamma, c.lam)
+        raw_advantages = advantages
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask, reduce=distributed.all_reduce_)
+        exp.advantages = advantages
+        exp.extras["values"] = values
+        exp.extras["returns"] = returns
+        # The controller sees the whole batch's mean sequence KL, sum_t k1_t per completion.
+        valid = mask.to(torch.float64)
+        totals = torch.tensor(
+            [
+                float(exp.rows),
+                float(valid.sum()),
+                float(kl.double().sum()),
+                float((values.double() * valid).sum()),
+                float((returns.double() * valid).sum()),
+                float((raw_advantages.double() * valid).sum()),
+            ],
+            dtype=torch.float64,
+        )
+        distributed.all_reduce_(totals)
+        rows, tokens = float(totals[0]), max(float(totals[1]), 1.0)
+        sequence_kl = float(totals[2]) / rows
+        self._prepared = {
+            "kl_coef": beta,
+            "sequence_kl": sequence_kl,
+            "value_mean": float(totals[3]) / tokens,
+            "return_mean": float(totals[4]) / tokens,
+            "advantage_mean": float(totals[5]) / tokens,
+        }
+        self.kl_controller.update(sequence_kl, n_steps=int(rows))
+
+    def forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's log-probs and entropies; with a value head, from the same backbone
+        pass that gives the values :meth:`loss` then uses."""
+        if not self.value_model.shared:
+            return super().forward(exp)
+        log_probs, entropy, values = self.value_model.log_probs_and_values(
+            exp.prompt_ids,
+            exp.prompt_mask,
+            exp.completion_ids,
+            exp.completion_mask,
+            temperature=self.config.temperature,
+        )
+        self._head_values = values
+        return log_probs, entropy
+
+    def loss(
+        self, exp: Experience, new_log_probs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``L = L_clip + vf_coef L_V``: the clipped surrogate (PPO eq. 7) over tokens and the
+        clipped value loss against the GAE returns, token means over the whole batch."""
+        c = self.config
+        if exp.advantages is None or "returns" not in exp.extras:
+            raise ValueError("loss needs prepared experience: call prepare(exp) first")
+        values, self._head_values = self._head_values, None
+        if values is None or values.shape != new_log_probs.shape:
+            self.value_model.train(self.policy.training)
+            values = self.values(exp)
+        policy_loss = self.aggregate(
+            clipped_surrogate_loss(new_log_probs, exp.old_log_probs, exp.advantages, c.clip_eps),
+            exp,
+        )
+        old_values, returns = exp.extras["values"], exp.extras["returns"]
+        value_loss = self.aggregate(
+            clipped_value_loss(values.float(), old_values, returns, c.value_clip), exp
+        )
+        with torch.no_grad():
+            mask = exp.completion_mask.bool()
+            low, high = clip_fractions(new_log_probs, exp.old_log_probs, exp.advantages, c.clip_eps)
+            ratio = torch.exp(new_log_probs - exp.old_log_probs)[mask]
+            value_clipped = ((values - old_values).abs() > (c.value_clip or float("inf")))[mask]
+            errors = (returns - values)[mask]
+            explained = 1.0 - errors.var() / returns[mask].var().clamp(min=1e-8)
+        metrics = {
+            "policy_loss": float(policy_loss.detach()),
+            "value_loss": float(value_loss.detach()),
+            "clip_low": float(low[mask].mean()),
+            "clip_high": float(high[mask].mean()),
+            "ratio_min": float(ratio.min()),
+            "ratio_max": float(ratio.max()),
+            "value_clip_fraction": float(value_clipped.float().mean()),
+            "explained_variance": float(explained),
+        }
+        return policy_loss + c.vf_coef * value_loss, metrics
+
+    def step(self) -> dict[str, float]:
+        metrics = super().step()
+        metrics.update(self._prepared)
+        return metrics

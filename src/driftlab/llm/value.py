@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from driftlab.llm.generation import sequence_log_probs
+
 
 def hidden_size(policy: nn.Module) -> int:
     """Width of the policy's final hidden states (``d_model``, or a HF config's
@@ -98,18 +100,28 @@ class ValueModel(nn.Module):
         completion_ids: torch.Tensor,
         completion_mask: torch.Tensor,
         temperature: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The policy's per-token log-probs (as
-        :func:`~driftlab.llm.generation.sequence_log_probs`) and the values, from one pass of a
-        shared backbone."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_probs, entropy, values)`` ``[rows, T]`` from one pass of a shared backbone:
+        the log-probs and entropies of
+        :func:`~driftlab.llm.generation.sequence_log_probs` and the values of
+        :meth:`forward`."""
         if not self.shared:
             raise ValueError("log_probs_and_values needs a shared backbone (a value head)")
-        ids = torch.cat((prompt_ids, completion_ids), dim=1)
-        mask = torch.cat((prompt_mask, completion_mask), dim=1).long()
-        start = prompt_ids.shape[1]
-        hidden = self.body.hidden_states(ids, mask)
-        logits = self.body.logits_from_hidden(hidden[:, start - 1 : -1]).float() / temperature
-        log_probs = logits.log_softmax(dim=-1).gather(2, completion_ids[:, :, None]).squeeze(2)
-        valid = completion_mask.to(log_probs.dtype)
-        values = self.values_from_hidden(hidden, start)
-        return log_probs * valid, values * valid.to(values.dtype)
+        seen: list[torch.Tensor] = []
+
+        def policy(ids: torch.Tensor, attention_mask: torch.Tensor, past: None = None) -> tuple:
+            # The policy's logits, keeping the hidden states they came from for the head.
+            seen.append(self.body.hidden_states(ids, attention_mask))
+            return self.body.logits_from_hidden(seen[-1]), None
+
+        log_probs, entropy = sequence_log_probs(
+            policy,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            temperature=temperature,
+            return_entropy=True,
+        )
+        values = self.values_from_hidden(seen[0], prompt_ids.shape[1])
+        return log_probs, entropy, values * completion_mask.to(values.dtype)
