@@ -140,3 +140,165 @@ def test_length_reward_on_a_worked_example_with_warm_up():
         torch.tensor([4, 8, 12]), torch.tensor([0, 0, 0]), group_size=3, weight=1.0, step=0
     )
     torch.testing.assert_close(lam, torch.tensor([0.0, 0.0, -0.5]))
+
+
+# --- partial rollouts (sec. 2.6.2) -----------------------------------------------------------
+
+
+def _tiny_model(seed: int = 0):
+    from driftlab.llm.model import TransformerConfig, TransformerLM
+    from driftlab.llm.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer()
+    torch.manual_seed(seed)
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=2)
+    return TransformerLM(config).eval(), tokenizer
+
+
+def _groups(problems, k):
+    from driftlab.llm.kimi import PendingGroup
+
+    return [
+        PendingGroup(problem=p, birth=3, slot=s, tokens=[[] for _ in range(k)], done=[False] * k)
+        for s, p in enumerate(problems)
+    ]
+
+
+def test_a_completion_cut_by_the_budget_continues_as_an_uncut_one():
+    from driftlab.llm.kimi import sample_segments
+
+    model, tokenizer = _tiny_model()
+    problems = [{"prompt": "12+34=\n"}, {"prompt": "7+8=\n"}]
+    uncut = _groups(problems, k=3)
+    first = sample_segments(model, tokenizer, uncut, budget=20, max_new_tokens=20, seed=5)
+    assert all(g.complete for g in uncut)
+
+    cut = _groups(problems, k=3)
+    segments, iterations = [], 0
+    while not all(g.complete for g in cut):
+        segments.append(sample_segments(model, tokenizer, cut, budget=6, max_new_tokens=20, seed=5))
+        iterations += 1
+    assert iterations == 4  # 20 tokens in segments of 6: some completions ran to the cap
+    for a, b in zip(uncut, cut, strict=True):
+        assert a.tokens == b.tokens and a.done == b.done
+    lengths = [len(t) for g in uncut for t in g.tokens]
+    assert min(lengths) < 20 and max(lengths) == 20  # some ended with <eos>, some were cut
+    # the log-probs of the pieces are those of the single pass
+    for g in range(2):
+        for j in range(3):
+            pieces = [
+                s.log_probs[s.rows.index((g, j))][s.completion_mask[s.rows.index((g, j))].bool()]
+                for s in segments
+                if (g, j) in s.rows
+            ]
+            i = first.rows.index((g, j))
+            whole = first.log_probs[i][first.completion_mask[i].bool()]
+            torch.testing.assert_close(torch.cat(pieces), whole, rtol=1e-5, atol=1e-5)
+    # a later iteration only continues the unfinished rows, with the earlier tokens as context
+    second = segments[1]
+    (g, j) = second.rows[0]
+    context = second.prompt_ids[0][second.prompt_mask[0].bool()].tolist()
+    assert context == tokenizer.encode(problems[g]["prompt"], add_bos=True) + cut[g].tokens[j][:6]
+
+
+# --- the trainer -----------------------------------------------------------------------------
+
+
+def _trainer(tmp_path=None, **options):
+    from driftlab.llm.kimi import KimiConfig, KimiTrainer
+
+    model, tokenizer = _tiny_model()
+    settings = dict(
+        task="addition",
+        task_options={"digits": 1},
+        steps=4,
+        prompts_per_step=4,
+        group_size=3,
+        max_new_tokens=12,
+        lr=3e-3,
+        mu=2,
+        minibatch_size=6,
+        train_size=40,
+        length_weight=0.1,
+        seed=1,
+    )
+    settings.update(options)
+    return KimiTrainer(model, tokenizer, KimiConfig(**settings), run_dir=tmp_path)
+
+
+def test_config_validation():
+    from driftlab.core.config import ConfigError
+    from driftlab.llm.kimi import KimiConfig
+
+    with pytest.raises(ConfigError, match="tau must be > 0"):
+        KimiConfig(tau=0.0)
+    with pytest.raises(ConfigError, match="rollout_budget must be >= 1"):
+        KimiConfig(rollout_budget=0)
+    with pytest.raises(ConfigError, match=r"curriculum\[1\]"):
+        KimiConfig(curriculum=[{"digits": 1}, {"count": 3}])
+    assert KimiConfig().beta == 0.0
+
+
+def test_trainer_loss_is_the_surrogate_over_the_batch():
+    trainer = _trainer(rollout_budget=None)
+    problems = trainer.select_problems(4)
+    exp = trainer.collect(problems)
+    trainer.prepare(exp)
+    total = exp.extras["total_rewards"]
+    torch.testing.assert_close(exp.extras["baseline"], kimi_baseline(total, 3))
+    torch.testing.assert_close(
+        total - exp.rewards,
+        length_reward(exp.lengths, exp.correct, 3, weight=0.1, step=0),
+    )
+    shifted = exp.old_log_probs + 0.01 * exp.completion_mask  # log-ratio 0.01 per token
+    loss, metrics = trainer.loss(exp, shifted)
+    ratio = 0.01 * exp.completion_mask.sum(dim=1).float()
+    expected = kimi_gradient_loss(ratio, total, exp.extras["baseline"], 1.0, exp.rows)
+    torch.testing.assert_close(loss, expected)
+    assert metrics["log_ratio"] == pytest.approx(float(ratio.mean()), rel=1e-6)
+
+
+def test_partial_rollouts_carry_unfinished_groups_and_train_only_new_tokens():
+    trainer = _trainer(rollout_budget=5, max_new_tokens=10)
+    exp = trainer.collect(trainer.select_problems(4))
+    # the groups still running after 5 tokens are carried over; they end within 10
+    carried = len(trainer.pending)
+    assert carried + exp.groups == 4 and carried > 0
+    assert all(len(t) <= 5 for group in trainer.pending for t in group.tokens)
+    assert len(trainer.select_problems(4)) == 4 - carried
+    before = [[list(t) for t in group.tokens] for group in trainer.pending]
+    trainer.prepare(exp)
+    trainer.update(exp, trainer.global_groups(exp, 4))
+    trainer.step_count += 1
+    exp = trainer.collect(trainer.select_problems(4))
+    # every carried group ends now (10 tokens in two budgets of 5) and comes first, in order;
+    # its earlier tokens are context, only this iteration's are trained
+    assert trainer.pending == [] and exp.groups == 4
+    for g, prefixes in enumerate(before):
+        for j, prefix in enumerate(prefixes):
+            row = g * 3 + j
+            context = exp.prompt_ids[row][exp.prompt_mask[row].bool()].tolist()
+            assert context[len(context) - len(prefix) :] == prefix
+            trained = exp.completion_mask[row].sum().item()
+            assert trained <= 5 and exp.extras["lengths"][row] == len(prefix) + trained
+            if len(prefix) < 5 or prefix[-1] == trainer.tokenizer.eos_id:
+                assert trained == 0  # ended in the first iteration: no gradient
+
+
+def test_resume_continues_exactly(tmp_path):
+    from driftlab.llm.kimi import KimiTrainer
+
+    straight = _trainer(rollout_budget=5, steps=4)
+    straight.train(show_progress=False)
+
+    first = _trainer(tmp_path, rollout_budget=5, steps=4)
+    first.train(steps=2, show_progress=False)
+    resumed = KimiTrainer.resume(tmp_path)
+    assert resumed.step_count == 2
+    assert [g.state_dict() for g in resumed.pending] == [g.state_dict() for g in first.pending]
+    torch.testing.assert_close(resumed.sampler.success_rates(), first.sampler.success_rates())
+    resumed.train(show_progress=False)
+    for a, b in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [g.state_dict() for g in resumed.pending] == [g.state_dict() for g in straight.pending]
+    torch.testing.assert_close(resumed.sampler.attempts, straight.sampler.attempts)
