@@ -365,3 +365,13 @@ def test_ppo_step_on_a_hugging_face_policy(value_model):
     assert second["value_mean"] != 0.0  # the value head has learned something
     after = trainer.parameters_to_train()
     assert all(not torch.equal(p, q) for p, q in zip(before[-2:], after[-2:], strict=True))
+
+
+def test_value_model_steps_at_its_own_learning_rate():
+    trainer = ppo_trainer(lr=1e-3, value_lr=5e-3, warmup_steps=2)
+    trainer.step()
+    policy_group, value_group = trainer.optimizer.param_groups
+    # Warm-up scales both: step 1 of 2 is half of each rate.
+    assert policy_group["lr"] == pytest.approx(0.5e-3)
+    assert value_group["lr"] == pytest.approx(2.5e-3)
+    assert ppo_trainer(lr=1e-3).optimizer.param_groups[1]["lr_scale"] == 1.0

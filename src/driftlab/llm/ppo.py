@@ -195,6 +195,21 @@ class AdaptiveKLController(FixedKLController):
 # ---------------------------------------------------------------------------------------------
 
 
+class _ScaledAdamW(torch.optim.AdamW):
+    """AdamW whose groups step at the first group's learning rate times their ``lr_scale``.
+
+    The shared loop sets one learning rate (warm-up included) on every group; the value
+    model's group then steps at ``value_lr`` scaled by the same warm-up.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        base = self.param_groups[0]["lr"]
+        for group in self.param_groups:
+            group["lr"] = base * group.get("lr_scale", 1.0)
+        return super().step(closure)
+
+
 @dataclass(kw_only=True)
 class PPOConfig(RLConfig):
     """PPO's options on top of :class:`~driftlab.llm.trainer.RLConfig`, validated on creation.
@@ -299,7 +314,7 @@ class PPOTrainer(RLTrainer):
         """AdamW over :meth:`param_groups`, built on first use."""
         if self._optimizer is None:
             c = self.config
-            self._optimizer = torch.optim.AdamW(
+            self._optimizer = _ScaledAdamW(
                 self.param_groups(), lr=c.lr, weight_decay=c.weight_decay
             )
         return self._optimizer
