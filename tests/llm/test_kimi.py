@@ -302,3 +302,34 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [g.state_dict() for g in resumed.pending] == [g.state_dict() for g in straight.pending]
     torch.testing.assert_close(resumed.sampler.attempts, straight.sampler.attempts)
+
+
+def test_kimi_steps_with_partial_rollouts_on_a_hugging_face_gpt2():
+    transformers = pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy
+    from driftlab.llm.kimi import KimiConfig, KimiTrainer
+    from driftlab.llm.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        vocab_size=tokenizer.vocab_size,
+        n_positions=64,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+    policy = HFPolicy(transformers.GPT2LMHeadModel(config))
+    before = [p.detach().clone() for p in policy.parameters()]
+    settings = dict(task="addition", task_options={"digits": 1}, prompts_per_step=2, group_size=2)
+    trainer = KimiTrainer(
+        policy,
+        tokenizer,
+        KimiConfig(**settings, max_new_tokens=8, rollout_budget=4, length_weight=0.5, lr=1e-2),
+    )
+    records = trainer.train(steps=3, show_progress=False)
+    assert sum(r["completed_groups"] for r in records) >= 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
