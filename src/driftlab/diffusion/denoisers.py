@@ -184,18 +184,25 @@ def get_preconditioning(name: str, **options: float) -> Preconditioning:
 class Level:
     """A denoiser at one noise level ``sigma`` in the affine form of EDM eq. 7,
 
-        D(x_hat) = c_skip x_hat + c_out F(x_hat),
+        D(x_hat) = c_skip x_hat + c_out G(c_in x_hat),
 
-    with ``F`` the network with ``c_in`` and ``c_noise`` applied; any other denoiser is the
-    case ``c_skip = 0``, ``c_out = 1``, ``F = D(., sigma)``. Samplers that combine ``x_hat``
-    and ``D`` linearly fold ``c_skip`` and ``c_out`` into their own coefficients
-    (:meth:`step`), which saves a tensor op per network call.
+    with ``G`` the network with ``c_noise`` applied, taking the scaled input ``u = c_in x_hat``;
+    any other denoiser is the case ``c_skip = 0``, ``c_out = c_in = 1``, ``G = D(., sigma)``.
+    Samplers that combine ``x_hat`` and ``D`` linearly fold ``c_skip`` and ``c_out`` into
+    their own coefficients (:meth:`step`), and those that can carry their state as the
+    network's scaled input fold ``c_in`` too (:meth:`step_scaled`): each fold saves a tensor
+    op per network call.
     """
 
     sigma: float
-    F: Callable[..., torch.Tensor]
+    G: Callable[..., torch.Tensor]
     c_skip: float = 0.0
     c_out: float = 1.0
+    c_in: float = 1.0
+
+    def F(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output ``G(c_in x)`` for the unscaled ``x_hat``."""
+        return self.G(x if self.c_in == 1.0 else x * self.c_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``D(x)``."""
@@ -208,12 +215,22 @@ class Level:
 
     def step(self, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """``a x + b D(x)`` as ``(a + b c_skip) x + b c_out F(x)``."""
-        c_x = a + b * self.c_skip
-        out = self.F(x)
-        if c_x == 1.0:
-            return torch.add(x, out, alpha=b * self.c_out)
-        # In place on the new product: a mixed-dtype add_ is cheaper than add().
-        return x.mul(c_x).add_(out, alpha=b * self.c_out)
+        return _combine(x, a + b * self.c_skip, self.F(x), b * self.c_out)
+
+    def step_scaled(self, u: torch.Tensor, a: float, b: float, scale: float) -> torch.Tensor:
+        """``scale (a x + b D(x))`` for ``x = u / c_in`` given as the network's input ``u``:
+        a sampler whose next level has ``c_in = scale`` keeps its state as ``u`` and saves
+        the scaling op of every network call."""
+        c_x = scale * (a + b * self.c_skip) / self.c_in
+        return _combine(u, c_x, self.G(u), scale * b * self.c_out)
+
+
+def _combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Tensor:
+    """``a x + b out`` in ``x``'s dtype in one or two ops."""
+    if a == 1.0:
+        return torch.add(x, out, alpha=b)
+    # In place on the new product: a mixed-dtype add_ is cheaper than add().
+    return x.mul(a).add_(out, alpha=b)
 
 
 def _dtype_of(net: nn.Module) -> torch.dtype:
@@ -300,17 +317,16 @@ class Denoiser(nn.Module):
             values = coef.to(like.dtype).tolist()  # a constant comes back as one number
             return values if isinstance(values, list) else [values] * len(sigmas)
 
-        def network(scale: float, c_noise: torch.Tensor) -> Callable[..., torch.Tensor]:
+        def network(c_noise: torch.Tensor) -> Callable[..., torch.Tensor]:
             # The closure holds the network, not the denoiser, so that the cache of levels
             # (keyed weakly on the denoiser) does not keep the denoiser alive.
-            def F(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-                x_in = x if scale == 1.0 else x * scale  # c_in of VE costs no op
-                return net(x_in.to(dtype) if cast else x_in, c_noise, **cond)
+            def G(u: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+                return net(u.to(dtype) if cast else u, c_noise, **cond)
 
-            return F
+            return G
 
         return [
-            Level(sig, network(scale, noise), skip, out)
+            Level(sig, network(noise), skip, out, scale)
             for sig, skip, out, scale, noise in zip(
                 sigmas,
                 numbers(c_skip),

@@ -164,10 +164,10 @@ class _Run:
     def _bind(self, level: Level, check: bool) -> Level:
         """``level`` with this call's ``cond`` given to its network, and its output's shape
         checked if ``check``."""
-        F = functools.partial(level.F, **self.cond) if self.cond else level.F
+        G = functools.partial(level.G, **self.cond) if self.cond else level.G
         if check:
-            F = functools.partial(_checked, F)
-        return Level(level.sigma, F, level.c_skip, level.c_out)
+            G = functools.partial(_checked, G)
+        return Level(level.sigma, G, level.c_skip, level.c_out, level.c_in)
 
     def at(self, sigma: float) -> Level:
         """The denoiser at a noise level off the grid (EDM Algorithm 2's raised ``sigma_hat``)."""
@@ -198,38 +198,44 @@ def _checked(F: DenoiserFn, x_hat: torch.Tensor) -> torch.Tensor:
 # ----- ODE samplers in the formulation's coordinates -----------------------------------------
 
 
+def _next_scales(run: _Run) -> list[float]:
+    """``c_in`` of the level after each step (1 after the last: the output is ``x_hat``)."""
+    return [level.c_in for level in run.levels[1:]] + [1.0]
+
+
 def _euler(run: _Run, x: torch.Tensor) -> torch.Tensor:
     """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction).
 
     The step ``x' = x + h (alpha x + beta D)`` is taken in the formulation's coordinates; the
-    state is stored as ``x_hat = x / s``, the denoiser's input, which saves a scaling op, and
-    the step is one linear combination of ``x_hat`` and ``D`` (:meth:`Level.step`).
+    state is stored as the network's next input ``u = c_in x_hat`` (``x_hat = x / s``), which
+    saves two scaling ops, and the step is one linear combination of ``u`` and the network's
+    output (:meth:`Level.step_scaled`).
     """
     g = run.grid
-    x_hat = x / g.s[0]
-    for i, level in enumerate(run.levels):
+    u = x * (run.levels[0].c_in / g.s[0])
+    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         alpha, beta = g.ode_coefficients(i)
         h = g.t[i + 1] - g.t[i]
         s_next = g.s[i + 1]
         # x_hat' = x' / s' with x = s x_hat.
-        x_hat = level.step(x_hat, (1.0 + h * alpha) * g.s[i] / s_next, h * beta / s_next)
-        run.record(x_hat, s_next)
-    return x_hat * g.s[-1]
+        u = level.step_scaled(u, (1.0 + h * alpha) * g.s[i] / s_next, h * beta / s_next, scale)
+        run.record(u, s_next / scale)
+    return u * g.s[-1]
 
 
 def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> torch.Tensor:
     """Heun's 2nd-order method, EDM Algorithm 1 (Algorithm 2 when ``churn`` is given), in
     general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler.
 
-    As in :func:`_euler`, the steps are those of ``x = s x_hat`` but the state is ``x_hat``.
-    The trapezoidal corrector ``x + h/2 (d + d')`` is written with the predictor
-    ``x' = x + h d`` as ``(x + x' + h d') / 2``, a linear combination of ``x``, ``x'`` and
-    ``D(x')``.
+    As in :func:`_euler`, the steps are those of ``x = s x_hat`` but the state is the
+    network's input ``u = c_in x_hat``. The trapezoidal corrector ``x + h/2 (d + d')`` is
+    written with the predictor ``x' = x + h d`` as ``(x + x' + h d') / 2``, a linear
+    combination of ``x``, ``x'`` and ``D(x')``.
     """
     g = run.grid
     formulation = churn.pop("formulation") if churn else None
-    x_hat = x / g.s[0]
-    for i, level in enumerate(run.levels):
+    u = x * (run.levels[0].c_in / g.s[0])
+    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         t_cur, t_next = g.t[i], g.t[i + 1]
         sig_cur, s_cur, s_next = g.sigma[i], g.s[i], g.s[i + 1]
         alpha, beta = g.ode_coefficients(i)
@@ -243,25 +249,27 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
                 t_hat = float(formulation.sigma_inv(sig_hat))
                 s_hat = float(formulation.scale(t_hat))
                 std = math.sqrt(sig_hat**2 - sig_cur**2) * churn["S_noise"]
-                x_hat = torch.add(x_hat, run.randn_like(x_hat), alpha=std)
+                x_hat = u / level.c_in
+                u = torch.add(x_hat, run.randn_like(x_hat), alpha=std)
                 sig_cur, s_cur, t_cur = sig_hat, s_hat, t_hat
                 ds = float(formulation.scale_deriv(t_hat))
                 dsig = float(formulation.sigma_deriv(t_hat))
                 alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
-                level = run.at(sig_hat)
+                level = run.at(sig_hat)  # c_in = 1: u is x_hat
         h = t_next - t_cur
         # Euler predictor x' = x + h d with the slope d = alpha x + beta D, x = s x_hat.
-        x_next = level.step(x_hat, (1.0 + h * alpha) * s_cur / s_next, h * beta / s_next)
+        u_next = level.step_scaled(u, (1.0 + h * alpha) * s_cur / s_next, h * beta / s_next, scale)
         if i + 1 < g.n:
             alpha2, beta2 = g.ode_coefficients(i + 1)
-            # Corrector (x + x' + h d') / 2 with d' = alpha2 x' + beta2 D(x').
-            half = run.levels[i + 1].step(
-                x_next, 0.5 * (1.0 + h * alpha2), 0.5 * h * beta2 / s_next
+            # Corrector (x + x' + h d') / 2 with d' = alpha2 x' + beta2 D(x'); both terms in
+            # units of the next level's input.
+            half = run.levels[i + 1].step_scaled(
+                u_next, 0.5 * (1.0 + h * alpha2), 0.5 * h * beta2 / s_next, scale
             )
-            x_next = torch.add(half, x_hat, alpha=0.5 * s_cur / s_next)
-        x_hat = x_next
-        run.record(x_hat, s_next)
-    return x_hat * g.s[-1]
+            u_next = torch.add(half, u, alpha=0.5 * s_cur / s_next * scale / level.c_in)
+        u = u_next
+        run.record(u, s_next / scale)
+    return u * g.s[-1]
 
 
 def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
@@ -300,24 +308,25 @@ def _ddim(run: _Run, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
     ``x_hat' = D + sigma_down eps_hat + sigma_up z`` with
     ``sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)`` and
     ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``; ``eta = 1`` is DDPM's ancestral sampler.
+    As in :func:`_euler`, the state is the network's input ``u = c_in x_hat``.
     """
     g = run.grid
-    x_hat = x / g.s[0]
-    for i, level in enumerate(run.levels):
+    u = x * (run.levels[0].c_in / g.s[0])
+    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
         if sig_next == 0:
-            x_hat = level(x_hat)
+            u = level.step_scaled(u, 0.0, 1.0, scale)  # D
         else:
             sigma_up = eta * sig_next * math.sqrt(max(1.0 - sig_next**2 / sig**2, 0.0))
             sigma_down = math.sqrt(sig_next**2 - sigma_up**2)
-            # D + sigma_down (x_hat - D) / sigma; for an eps-prediction network (c_skip = 1)
-            # the coefficient of x_hat is 1 and the step a single op.
+            # D + sigma_down (x_hat - D) / sigma; for a VP eps-prediction network the step is
+            # a single op on x_t.
             ratio = sigma_down / sig
-            x_hat = level.step(x_hat, ratio, 1.0 - ratio)
+            u = level.step_scaled(u, ratio, 1.0 - ratio, scale)
             if sigma_up > 0:
-                x_hat = torch.add(x_hat, run.randn_like(x_hat), alpha=sigma_up)
-        run.record(x_hat, g.s[i + 1])
-    return x_hat * g.s[-1]
+                u = torch.add(u, run.randn_like(u), alpha=sigma_up * scale)
+        run.record(u, g.s[i + 1] / scale)
+    return u * g.s[-1]
 
 
 def _ddpm(run: _Run, x: torch.Tensor) -> torch.Tensor:
