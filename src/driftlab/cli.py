@@ -29,6 +29,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def build_parser() -> argparse.ArgumentParser:
     from driftlab import __version__
     from driftlab.diffusion import cli as diffusion_cli
+    from driftlab.llm import cli as llm_cli
     from driftlab.rl import cli as rl_cli
 
     parser = argparse.ArgumentParser(
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     families = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
     diffusion_cli.add_parser(families, _Formatter)
     rl_cli.add_parser(families, _Formatter)
+    llm_cli.add_parser(families, _Formatter)
 
     demo = families.add_parser(
         "demo",
