@@ -53,6 +53,7 @@ from torch import nn
 
 from driftlab.core.config import (
     ConfigError,
+    check_choice,
     check_in_range,
     check_int,
     check_nonnegative,
@@ -619,3 +620,18 @@ class KimiTrainer(RLTrainer):
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
         self.pending = [PendingGroup.from_state(s) for s in state.get("pending", [])]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The method as the paper describes it: mirror descent, no KL reference, prioritised
+    # sampling; the length reward, curriculum and partial rollouts are switched on by name.
+    "kimi": {},
+    # What benchmarks/llm_learning.py trains with (tuned on its 2-digit addition model).
+    "llm_learning": {},
+}
+
+
+def kimi_config(preset: str = "kimi", **overrides: Any) -> KimiConfig:
+    """A :class:`KimiConfig` from a named preset (``PRESETS``) with ``overrides`` on top."""
+    check_choice("preset", preset, PRESETS)
+    return KimiConfig.from_dict({**PRESETS[preset], **overrides})
