@@ -26,7 +26,7 @@ import functools
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -54,6 +54,8 @@ class Grid:
     s: list[float]
     ds: list[float]  # s'(t)
     dsigma: list[float]  # sigma'(t)
+    # Per-sampler coefficients derived from the grid, computed on first use (grids are reused).
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -272,27 +274,41 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
     return u * g.s[-1]
 
 
+def _dpmpp_2m_weights(grid: Grid) -> list[tuple[float, float]]:
+    """Per step, the weight of ``D`` in the multistep combination (``1 + 1/(2r)``, 1 on the
+    first step) and the ratio ``sigma' / sigma``; kept on the grid, which is reused."""
+    weights = grid.cache.get("dpmpp-2m")
+    if weights is None:
+        sigma, weights = grid.sigma, []
+        for i in range(grid.n):
+            sig, sig_next = sigma[i], sigma[i + 1]
+            w = 1.0
+            if i > 0 and sig_next > 0:
+                r = math.log(sigma[i - 1] / sig) / math.log(sig / sig_next)
+                w = 1.0 + 0.5 / r
+            weights.append((w, sig_next / sig))
+        grid.cache["dpmpp-2m"] = weights
+    return weights
+
+
 def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in the data-prediction form on
-    ``lambda = -log sigma``; the step is scale invariant, so it runs on ``x_hat``."""
+    ``lambda = -log sigma``; the step is scale invariant, so it runs on ``x_hat``.
+
+    With ``h = lambda' - lambda`` and ``r = h_prev / h``, the second-order multistep
+    correction (eq. 17) replaces ``D`` by ``(1 + 1/(2r)) D - D_prev / (2r)``, and the step is
+    ``x_hat' = ratio x_hat + (1 - ratio) D_step`` with ``ratio = sigma' / sigma``.
+    """
     g = run.grid
     x_hat = x / g.s[0]
     D_prev: torch.Tensor | None = None
-    for i, level in enumerate(run.levels):
-        sig, sig_next = g.sigma[i], g.sigma[i + 1]
+    for i, (level, (w, ratio)) in enumerate(zip(run.levels, _dpmpp_2m_weights(g), strict=True)):
         D = level(x_hat)
-        if sig_next == 0:
+        if ratio == 0.0:  # the last step, to sigma = 0
             x_hat = D
         else:
-            D_step = D
-            if D_prev is not None:
-                h = math.log(sig / sig_next)
-                r = math.log(g.sigma[i - 1] / sig) / h
-                # Second-order multistep correction (Lu et al. 2022, eq. 17): D is replaced by
-                # (1 + 1/(2r)) D - D_prev / (2r).
-                D_step = torch.lerp(D_prev, D, 1.0 + 0.5 / r)
-            # x_hat' = ratio x_hat + (1 - ratio) D, i.e. D + ratio (x_hat - D).
-            x_hat = torch.lerp(D_step, x_hat, sig_next / sig)
+            D_step = D if D_prev is None else torch.lerp(D_prev, D, w)
+            x_hat = torch.lerp(D_step, x_hat, ratio)  # D_step + ratio (x_hat - D_step)
         D_prev = D
         run.record(x_hat, g.s[i + 1])
     return x_hat * g.s[-1]
