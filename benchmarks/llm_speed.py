@@ -6,10 +6,13 @@ downloaded) on the same addition prompts at the same settings: ``prompts`` promp
 ``group`` completions per prompt, ``max_new_tokens``, temperature 1, top-p 1, mu = 1 (one
 optimiser step per batch, so neither side recomputes the old log-probs), KL coefficient
 ``beta`` (so both run the frozen reference model), the DeepSeekMath per-sequence loss
-(TRL ``loss_type="grpo"``), group-scaled advantages, AdamW, gradient clipping at 1, float32,
-no gradient checkpointing, no dropout. A step is everything one optimiser step costs:
-sampling with the KV cache, rewards, the reference forward, the policy forward and backward,
-the optimiser step.
+(TRL ``loss_type="grpo"``), group-scaled advantages, the task's correctness reward alone,
+AdamW, gradient clipping at 1, float32, no gradient checkpointing, no dropout (TRL's own
+defaults turn gradient checkpointing and bfloat16 on; both are off here, as on our side). A
+step is everything one optimiser step costs: sampling with the KV cache, rewards, the
+reference forward, the policy forward and backward, the optimiser step. ``CASES`` are the
+model sizes: the GPT-2 of the project's HF tests (2 layers, width 32), where per-call
+overheads dominate, and a wider one (4 layers, width 128), where the matrix products do.
 
 One torch thread, CPU, one process. The two libraries alternate within each repetition
 (which goes first alternates between repetitions); each repetition builds a fresh trainer
@@ -22,7 +25,9 @@ TRL's steps are timed by a ``TrainerCallback`` from ``on_step_begin`` to ``on_st
 (its dataloader fetch of the prompt strings falls outside; generation is inside).
 
 Needs the ``bench`` extra (``trl``) and ``transformers``; without them the script says so and
-exits 0 without a record. Prints one JSON line per (library, repetition) and one summary line.
+exits 0 without a record. Prints one JSON line per (case, library, repetition) and a summary
+line per case. ``--phases`` adds each phase's CPU milliseconds per step (generation,
+reference, policy forward, backward, optimiser, rewards, other) to the records.
 """
 
 from __future__ import annotations
