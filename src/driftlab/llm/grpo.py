@@ -330,11 +330,11 @@ class GRPOTrainer(RLTrainer):
             exp.advantages = torch.zeros(exp.rows)
             return
         if c.advantage == "grpo":
-            advantages = group_advantages(everything, c.group_size, c.scale)
+            advantages = group_advantages(everything, exp.group_size, c.scale)
         elif c.advantage == "rloo":
-            advantages = rloo_advantages(everything, c.group_size)
+            advantages = rloo_advantages(everything, exp.group_size)
         else:
-            advantages = reinforce_pp_advantages(everything, c.group_size)
+            advantages = reinforce_pp_advantages(everything, exp.group_size)
         exp.advantages = self._local_rows(exp, advantages)
 
     def step_rewards(self, problem: Problem, completion: str, correct: float) -> list[float]:

@@ -533,7 +533,6 @@ class RLTrainer(ABC):
         local = [problems[i] for i in groups]
         rows = torch.tensor([i * g + j for i in groups for j in range(g)], dtype=torch.long)
         prompt_ids, prompt_mask = self.tokenizer.batch_encode([p["prompt"] for p in local], "left")
-        was_training = self.policy.training
         self.policy.eval()
         rollout = generate(
             self.policy,
@@ -547,7 +546,6 @@ class RLTrainer(ABC):
             top_p=c.top_p,
             uniforms=uniforms[rows],
         )
-        self.policy.train(was_training)
         repeated = [p for p in local for _ in range(g)]
         rewards, correct = self.score(
             repeated, self.decode(rollout.completion_ids, rollout.completion_mask)
@@ -630,7 +628,11 @@ class RLTrainer(ABC):
         return c.lr * min(1.0, (self.step_count + 1) / c.warmup_steps)
 
     def forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs (with gradients) and entropies of the policy on ``exp``."""
+        """Per-token log-probs (with gradients) and entropies of the policy on ``exp``.
+
+        The policy runs in eval mode: dropout stays off (as TRL's ``disable_dropout``), so the
+        ratio compares the policy with itself, not with a randomly thinned copy."""
+        self.policy.eval()
         return sequence_log_probs(
             self.policy,
             exp.prompt_ids,
@@ -665,7 +667,6 @@ class RLTrainer(ABC):
         entropy_sum, entropy_tokens = 0.0, 0.0
         trained_tokens, moved = 0, False
         start = time.perf_counter()
-        self.policy.train()
         for epoch in range(c.mu):
             if minibatches > 1:
                 order = torch.randperm(n_groups, generator=self.generator("minibatches"))
@@ -704,7 +705,6 @@ class RLTrainer(ABC):
                 if records:
                     records[-1]["grad_norm"] = float(grad_norm)
         elapsed = time.perf_counter() - start
-        self.policy.eval()
         keys = {key for r in records for key in r}
         out = {key: sum(r.get(key, 0.0) for r in records) / max(len(records), 1) for key in keys}
         out["entropy"] = entropy_sum / max(entropy_tokens, 1.0)
