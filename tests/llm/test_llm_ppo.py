@@ -2,9 +2,12 @@
 adaptive KL controller, the value model and full PPO steps on a tiny transformer."""
 
 import copy
+import socket
 
 import pytest
 import torch
+from torch import distributed as dist
+from torch import multiprocessing as mp
 
 from driftlab.core.config import ConfigError
 from driftlab.llm.generation import sequence_log_probs
@@ -375,3 +378,37 @@ def test_value_model_steps_at_its_own_learning_rate():
     assert policy_group["lr"] == pytest.approx(0.5e-3)
     assert value_group["lr"] == pytest.approx(2.5e-3)
     assert ppo_trainer(lr=1e-3).optimizer.param_groups[1]["lr_scale"] == 1.0
+
+
+DISTRIBUTED_OPTIONS = {"kl_controller": "adaptive", "beta": 0.1, "mu": 2, "minibatch_size": 8}
+
+
+def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trainer = ppo_trainer(**DISTRIBUTED_OPTIONS)
+        trainer.train(1, show_progress=False)
+        if rank == 0:
+            params = [p.detach() for p in trainer.parameters_to_train()]
+            torch.save(
+                {"params": params, "beta": trainer.kl_controller.value}, f"{out_dir}/rank0.pt"
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(tmp_path):
+    """Each rank samples 2 of the 4 groups; whitening and the KL controller see the whole
+    batch, and the gradients are averaged, so both runs take the same steps."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(port, str(tmp_path)), nprocs=2)
+    two = torch.load(tmp_path / "rank0.pt")
+    one = ppo_trainer(**DISTRIBUTED_OPTIONS)
+    one.train(1, show_progress=False)
+    assert two["beta"] == pytest.approx(one.kl_controller.value, rel=1e-6)
+    assert two["beta"] != 0.1
+    for a, b in zip(one.parameters_to_train(), two["params"], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
