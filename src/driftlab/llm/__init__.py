@@ -1,9 +1,17 @@
 """RL for language models with verifiable rewards: tokenizer, tasks and rewards, a small
 causal LM (or a Hugging Face one through :mod:`driftlab.llm.hf`), group sampling with
-log-probs, and supervised warm-up."""
+log-probs, supervised warm-up, and the RL trainers (:mod:`driftlab.llm.trainer`'s shared
+loop; GRPO in :mod:`driftlab.llm.grpo`)."""
 
 from driftlab.llm.expression import Expression, ExpressionError, evaluate, parse_expression
-from driftlab.llm.generation import Rollout, generate, sample_tokens, sequence_log_probs
+from driftlab.llm.generation import (
+    Rollout,
+    generate,
+    inverse_cdf_sample,
+    sample_tokens,
+    sequence_log_probs,
+)
+from driftlab.llm.grpo import GRPOConfig, GRPOTrainer, grpo_config
 from driftlab.llm.model import TransformerConfig, TransformerLM, load_model, save_model
 from driftlab.llm.rewards import (
     answer_reward,
@@ -16,12 +24,19 @@ from driftlab.llm.rewards import (
 from driftlab.llm.sft import SFTConfig, greedy_accuracy, sft
 from driftlab.llm.tasks import TASKS, Task, get_task, solve_countdown
 from driftlab.llm.tokenizer import CharTokenizer, Tokenizer
+from driftlab.llm.trainer import TRAINERS, Experience, RLConfig, RLTrainer, get_trainer
 
 __all__ = [
     "TASKS",
+    "TRAINERS",
     "CharTokenizer",
+    "Experience",
     "Expression",
     "ExpressionError",
+    "GRPOConfig",
+    "GRPOTrainer",
+    "RLConfig",
+    "RLTrainer",
     "Rollout",
     "SFTConfig",
     "Task",
@@ -37,7 +52,10 @@ __all__ = [
     "format_reward",
     "generate",
     "get_task",
+    "get_trainer",
     "greedy_accuracy",
+    "grpo_config",
+    "inverse_cdf_sample",
     "load_model",
     "parse_expression",
     "sample_tokens",
