@@ -123,7 +123,13 @@ class Algorithm(ABC):
 
     def make_envs(self, env: str | gym.Env) -> VecEnv:
         c = self.config
-        vector = AsyncVecEnv if c.get("async_envs", False) else VecEnv
+        kind = c.get("vec_env", "sync")
+        if kind == "ray":
+            from driftlab.rl.deep.ray_envs import RayVecEnv  # Ray is an optional extra
+
+            vector: type[VecEnv] = RayVecEnv
+        else:
+            vector = AsyncVecEnv if kind == "async" else VecEnv
         return vector(
             env,
             n_envs=c.get("n_envs", 1),

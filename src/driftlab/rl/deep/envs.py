@@ -14,7 +14,6 @@ finished episodes' raw returns.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,12 @@ import torch
 
 from driftlab.core.config import ConfigError, check_int
 from driftlab.rl.deep.normalization import ObservationNormalizer, RewardScaler
+from driftlab.rl.env_group import (
+    env_state,
+    load_env_state,
+    reset_seeded,
+    step_with_autoreset,
+)
 
 
 def env_id(env: str | gym.Env) -> str | None:
@@ -122,28 +127,13 @@ class VecEnv:
 
     def reset(self) -> np.ndarray:
         """Reset every copy (copy ``i`` with seed ``seed + i``); returns the observations."""
-        first = [env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)]
-        for i, env in enumerate(self.envs):
-            env.action_space.seed(self.seed + i)
-        self._raw_obs = np.stack(first).astype(np.float32)
+        self._raw_obs = reset_seeded(self.envs, self.seed)
         self._episode_returns[:] = 0.0
         self._episode_lengths[:] = 0
         return self.normalize(self._raw_obs, update=True)
 
     def _step_envs(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        n = self.num_envs
-        obs = np.empty((n, *self.single_observation_space.shape), dtype=np.float32)
-        final = np.empty_like(obs)
-        rewards = np.empty(n)
-        terminated = np.empty(n, dtype=bool)
-        truncated = np.empty(n, dtype=bool)
-        for i, env in enumerate(self.envs):
-            o, rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
-            final[i] = o
-            if terminated[i] or truncated[i]:
-                o, _ = env.reset()
-            obs[i] = o
-        return obs, final, rewards, terminated, truncated
+        return step_with_autoreset(self.envs, actions)
 
     def step(self, actions: np.ndarray) -> Step:
         """Step every copy with ``actions[i]``; finished episodes restart in the same step."""
@@ -217,74 +207,23 @@ class VecEnv:
             return None
         for i, (env, saved) in enumerate(zip(self.envs, state["envs"], strict=True)):
             env.reset(seed=self.seed + i)  # Gymnasium refuses step() before a reset
-            _load_env_state(env, saved)
+            load_env_state(env, saved)
         self._raw_obs = state["raw_obs"].numpy().copy()
         self._episode_returns = state["episode_returns"].numpy().astype(np.float64).copy()
         self._episode_lengths = state["episode_lengths"].numpy().astype(np.int64).copy()
         return self.normalize(self._raw_obs, update=False)
 
 
-def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
-    while isinstance(env, gym.Wrapper):
-        if isinstance(env, gym.wrappers.TimeLimit):
-            return env
-        env = env.env
-    return None
-
-
 def _env_state(env: gym.Env) -> dict[str, Any] | None:
-    inner = env.unwrapped
-    state: dict[str, Any] = {"rng": copy.deepcopy(inner.np_random.bit_generator.state)}
-    limit = _time_limit(env)
-    if limit is not None:
-        state["elapsed_steps"] = int(limit._elapsed_steps or 0)
-    if hasattr(inner, "data") and hasattr(inner, "set_state"):  # MuJoCo
-        state["qpos"] = torch.as_tensor(inner.data.qpos.copy())
-        state["qvel"] = torch.as_tensor(inner.data.qvel.copy())
-        state["mujoco"] = torch.as_tensor(_mujoco_integration_state(inner))
-        return state
-    physical = getattr(inner, "state", None)
-    if physical is None:
+    return env_state_tensors(env_state(env))
+
+
+def env_state_tensors(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An :func:`driftlab.rl.env_group.env_state` with its arrays as tensors, as checkpoints
+    (safetensors) hold them."""
+    if state is None:
         return None
-    state["physics"] = torch.as_tensor(np.asarray(physical, dtype=np.float64))
-    if hasattr(inner, "steps_beyond_terminated"):
-        state["steps_beyond_terminated"] = inner.steps_beyond_terminated
-    return state
-
-
-def _load_env_state(env: gym.Env, state: dict[str, Any]) -> None:
-    inner = env.unwrapped
-    inner.np_random.bit_generator.state = state["rng"]
-    limit = _time_limit(env)
-    if limit is not None and "elapsed_steps" in state:
-        limit._elapsed_steps = state["elapsed_steps"]
-    if "qpos" in state:
-        inner.set_state(state["qpos"].numpy(), state["qvel"].numpy())
-        if "mujoco" in state:
-            _set_mujoco_integration_state(inner, state["mujoco"].numpy())
-        return
-    inner.state = state["physics"].numpy().copy()
-    if "steps_beyond_terminated" in state:
-        inner.steps_beyond_terminated = state["steps_beyond_terminated"]
-
-
-def _mujoco_integration_state(inner: gym.Env) -> np.ndarray:
-    """MuJoCo's full integration state (time, qpos, qvel, activations, the constraint
-    solver's warm start, controls, ...): ``qpos``/``qvel`` alone are not enough for an exact
-    resume, because the solver starts from the previous step's accelerations and contact-rich
-    bodies (HalfCheetah) amplify the 1e-16 difference to whole units within 200 steps."""
-    import mujoco
-
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    state = np.empty(mujoco.mj_stateSize(inner.model, spec))
-    mujoco.mj_getState(inner.model, inner.data, state, spec)
-    return state
-
-
-def _set_mujoco_integration_state(inner: gym.Env, state: np.ndarray) -> None:
-    import mujoco
-
-    mujoco.mj_setState(inner.model, inner.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+    return {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
 class AsyncVecEnv(VecEnv):

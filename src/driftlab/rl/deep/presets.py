@@ -62,8 +62,10 @@ _COMMON: dict[str, object] = {
     "learning_rate": 3e-4,
     "lr_schedule": "constant",
     "n_envs": 1,
-    # Step the n_envs copies in worker processes (worth it for slow environments only).
-    "async_envs": False,
+    # Where the n_envs copies step: "sync" in this process, "async" in worker processes
+    # (worth it for slow environments only), "ray" in Ray actors on any machine of a Ray
+    # cluster (the optional extra ``ray``; driftlab.rl.deep.ray_envs).
+    "vec_env": "sync",
     "hidden_sizes": (64, 64),
     "activation": "tanh",
     "normalize_obs": False,
@@ -645,7 +647,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "learning_rate": check_positive,
     "lr_schedule": _choice("constant", "linear"),
     "n_envs": _int_at_least(1),
-    "async_envs": _bool,
+    "vec_env": _choice("sync", "async", "ray"),
     "hidden_sizes": _hidden_sizes,
     "activation": _choice("tanh", "relu"),
     "normalize_obs": _bool,
@@ -721,6 +723,8 @@ def hyperparameters(
     params = dict(DEFAULTS[algo])
     params.update(PRESETS.get((algo, env_id), {}) if env_id is not None else {})
     overrides = dict(overrides or {})
+    if "async_envs" in overrides:  # the boolean that vec_env replaced (older saved configs)
+        overrides.setdefault("vec_env", "async" if overrides.pop("async_envs") else "sync")
     unknown = [key for key in overrides if key not in params]
     if unknown:
         raise ConfigError(
