@@ -492,6 +492,8 @@ def run_eval(args: argparse.Namespace) -> None:
     elif config.get("command") == "llm train":
         task_name = config["trainer"]["task"]
         task_options = config["trainer"]["task_options"]
+        if args.max_new_tokens is None:  # the budget the run trained and evaluated with
+            args.max_new_tokens = config["trainer"]["max_new_tokens"]
     else:
         raise ConfigError(f"{args.run!r} is not a run of driftlab llm sft or train")
     task = make_task(task_name, task_options)
@@ -616,7 +618,8 @@ def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
     evaluate.add_argument("--samples", type=int, default=5, help="completions printed")
     evaluate.add_argument(
         "--max-new-tokens", type=int, default=None,
-        help="generation budget (default: the longest reference solution plus 8 tokens)",
+        help="generation budget (default: a train run's max_new_tokens; for an sft run the "
+        "longest reference solution plus 8 tokens)",
     )  # fmt: skip
     _common(evaluate)
     evaluate.set_defaults(handler=run_eval)
