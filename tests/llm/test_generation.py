@@ -4,7 +4,14 @@ top-p, grouping, EOS handling and seeding."""
 import pytest
 import torch
 
-from driftlab.llm.generation import generate, sequence_log_probs, top_p_filter
+from driftlab.llm.generation import (
+    MIN_DECODE_ROWS,
+    _rows_to_keep,
+    generate,
+    select_cache_rows,
+    sequence_log_probs,
+    top_p_filter,
+)
 from driftlab.llm.model import TransformerConfig, TransformerLM
 from driftlab.llm.tokenizer import CharTokenizer
 
@@ -136,3 +143,113 @@ def test_validation():
         sample(model, top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         sample(model, max_new_tokens=0)
+
+
+class Recording(torch.nn.Module):
+    """A policy that records the batch size of every call; ``cut=False`` hides the cache
+    selection, so :func:`generate` decodes every row to the end (the uncompacted path)."""
+
+    def __init__(self, policy, cut=True):
+        super().__init__()
+        self.policy, self.batch_sizes = policy, []
+        if cut:
+            self.select_cache_rows = policy.select_cache_rows
+
+    def forward(self, input_ids, attention_mask=None, past=None):
+        self.batch_sizes.append(input_ids.shape[0])
+        return self.policy(input_ids, attention_mask=attention_mask, past=past)
+
+
+def early_eos_model():
+    """The tiny model with ``<eos>`` boosted: rows end at many different steps."""
+    model = tiny()
+    with torch.no_grad():
+        model.embed.weight[TOK.eos_id] *= 6
+    return model
+
+
+def assert_same_rollout(first, second):
+    for field in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "log_probs"):
+        assert torch.equal(getattr(first, field), getattr(second, field)), field
+
+
+@pytest.mark.parametrize("draw", ["uniforms", "generator", "greedy", "top_p"])
+def test_dropping_finished_rows_changes_no_bit(draw):
+    model, rows = early_eos_model(), len(PROMPTS) * 5
+
+    def options():
+        if draw == "uniforms":
+            return {"uniforms": torch.rand(rows, 24, generator=torch.Generator().manual_seed(1))}
+        if draw == "generator":
+            return {"generator": torch.Generator().manual_seed(1)}
+        if draw == "greedy":
+            return {"temperature": 0.0}
+        return {"top_p": 0.8, "temperature": 0.7, "generator": torch.Generator().manual_seed(1)}
+
+    cut, whole = Recording(model), Recording(model, cut=False)
+    compact = sample(cut, group_size=5, **options())
+    full = sample(whole, group_size=5, **options())
+    assert_same_rollout(compact, full)
+    recomputed = sample(model, group_size=5, use_cache=False, **options())
+    assert torch.equal(compact.completion_ids, recomputed.completion_ids)
+    assert (compact.log_probs - recomputed.log_probs).abs().max().item() < 1e-5
+    # Rows left the batch as they finished, never below MIN_DECODE_ROWS; the other path
+    # decoded all 15 rows at every step.
+    steps = compact.completion_ids.shape[1]
+    assert set(whole.batch_sizes) == {rows} and len(cut.batch_sizes) == steps
+    assert cut.batch_sizes == sorted(cut.batch_sizes, reverse=True)
+    if draw != "greedy":  # greedy groups are 5 equal rows: here all of them end together
+        assert cut.batch_sizes[-1] < rows
+    unfinished = [int((compact.lengths >= t).sum()) for t in range(1, steps + 1)]
+    assert cut.batch_sizes == [max(n, MIN_DECODE_ROWS) for n in unfinished]
+
+
+def test_rows_to_keep():
+    finished = torch.tensor([True, False, True, True, False, True, True])
+    assert _rows_to_keep(finished).tolist() == [0, 1, 2, 4]  # topped up to 4 rows
+    assert _rows_to_keep(torch.tensor([False] * 6)) is None
+    assert _rows_to_keep(torch.tensor([False, True, False, False])) is None
+    assert _rows_to_keep(torch.tensor([True, True, False])) is None  # already below 4
+    assert _rows_to_keep(torch.tensor([True] * 3 + [False] * 5)).tolist() == [3, 4, 5, 6, 7]
+
+
+def test_policies_without_row_selection_decode_every_row():
+    model = early_eos_model()
+    past = model(torch.zeros(6, 2, dtype=torch.long))[1]
+    index = torch.tensor([1, 4])
+    selected = select_cache_rows(model, past, index)
+    for (keys, values), (kept_keys, kept_values) in zip(past, selected, strict=True):
+        assert torch.equal(kept_keys, keys[index]) and torch.equal(kept_values, values[index])
+    assert select_cache_rows(lambda *a, **k: model(*a, **k), past, index) is None
+
+
+def test_hf_policy_drops_finished_rows_bit_identically():
+    transformers = pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=TOK.vocab_size,
+        n_positions=64,
+        bos_token_id=TOK.bos_id,
+        eos_token_id=TOK.eos_id,
+        pad_token_id=TOK.pad_id,
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight[TOK.eos_id] *= 8
+    policy = HFPolicy(model)
+    uniforms = torch.rand(len(PROMPTS) * 6, 24, generator=torch.Generator().manual_seed(2))
+    cut, whole = Recording(policy), Recording(policy, cut=False)
+    compact = sample(cut, group_size=6, uniforms=uniforms)
+    assert_same_rollout(compact, sample(whole, group_size=6, uniforms=uniforms))
+    recomputed = sample(policy, group_size=6, uniforms=uniforms, use_cache=False)
+    assert torch.equal(compact.completion_ids, recomputed.completion_ids)
+    assert (compact.log_probs - recomputed.log_probs).abs().max().item() < 1e-5
+    assert min(cut.batch_sizes) < len(PROMPTS) * 6
+    assert len(set(compact.lengths.tolist())) > 3
+    # A cache that cannot drop rows (here a legacy tuple) is decoded whole.
+    assert policy.select_cache_rows(((torch.zeros(2, 1),),), torch.tensor([0])) is None

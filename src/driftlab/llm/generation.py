@@ -127,8 +127,12 @@ def generate(
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt, recording per-token log-probs.
 
-    With ``use_cache`` each step feeds only the new token and the policy's key/value cache;
-    without, the whole sequence is recomputed every step (slow; a reference for tests).
+    With ``use_cache`` each step feeds only the new token and the policy's key/value cache,
+    and rows that have finished leave the batch (their cache rows are dropped with the
+    policy's ``select_cache_rows``, see :func:`select_cache_rows`), so a step costs what the
+    unfinished rows need; the samples and log-probs are bit for bit those of decoding every
+    row. Without ``use_cache`` the whole sequence of every row is recomputed each step (slow;
+    a reference for tests).
     A seeded ``generator`` makes sampling deterministic. ``uniforms``
     ``[batch * group_size, max_new_tokens]`` in ``[0, 1)`` replace the generator: token ``t``
     of row ``i`` is the inverse-CDF draw of ``uniforms[i, t]``, so slicing the uniforms of a
@@ -153,37 +157,112 @@ def generate(
             f"uniforms must be [batch * group_size, max_new_tokens] = {(rows, max_new_tokens)}, "
             f"got {tuple(uniforms.shape)}"
         )
-    finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-    tokens, log_probs, active = [], [], []
-    inputs, past = ids, None
+    device = ids.device
+    # Outputs are preallocated and written at the original rows, so rows can leave the batch.
+    completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    completion_mask = torch.zeros((rows, max_new_tokens), dtype=torch.long, device=device)
+    log_probs = torch.zeros((rows, max_new_tokens), device=device)
+    # ``alive[b]``: the original row of batch row ``b``. With a cache the policy can cut to
+    # its surviving rows (:func:`select_cache_rows`), finished rows leave the batch: decoding
+    # costs what the unfinished rows need, not the longest row times the whole batch. Each
+    # row's tokens and log-probs are those of the full batch (its own uniforms, its own cache).
+    alive = torch.arange(rows, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    compact, inputs, past, length = use_cache, ids, None, 0
     for step in range(max_new_tokens):
         if use_cache:
             logits, past = policy(inputs, attention_mask=mask, past=past)
         else:
             logits, _ = policy(ids, attention_mask=mask)
-        row_uniforms = None if uniforms is None else uniforms[:, step]
-        token, log_prob = sample_tokens(
-            logits[:, -1], temperature, top_p, generator, uniforms=row_uniforms
+        token, log_prob = _sample_rows(
+            logits[:, -1],
+            alive,
+            rows,
+            temperature,
+            top_p,
+            generator,
+            None if uniforms is None else uniforms[alive, step],
         )
         running = ~finished
         token = torch.where(running, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        log_probs.append(torch.where(running, log_prob, torch.zeros_like(log_prob)))
-        active.append(running.long())
+        completion_ids[alive, step] = token
+        log_probs[alive, step] = torch.where(running, log_prob, torch.zeros_like(log_prob))
+        completion_mask[alive, step] = running.long()
         finished = finished | (running & (token == eos_id))
-        ids = torch.cat((ids, token[:, None]), dim=1)
-        mask = torch.cat((mask, running.long()[:, None]), dim=1)
-        inputs = token[:, None]
+        length = step + 1
         if bool(finished.all()):
             break
+        if not use_cache:
+            ids = torch.cat((ids, token[:, None]), dim=1)
+        mask = torch.cat((mask, running.long()[:, None]), dim=1)
+        inputs = token[:, None]
+        keep = _rows_to_keep(finished) if compact else None
+        if keep is not None:
+            selected = select_cache_rows(policy, past, keep)
+            if selected is None:
+                compact = False  # this policy's cache cannot drop rows: decode them all
+            else:
+                past, alive, mask, inputs = selected, alive[keep], mask[keep], inputs[keep]
+                finished = finished[keep]
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        completion_ids=torch.stack(tokens, dim=1),
-        completion_mask=torch.stack(active, dim=1),
-        log_probs=torch.stack(log_probs, dim=1),
+        completion_ids=completion_ids[:, :length].contiguous(),
+        completion_mask=completion_mask[:, :length].contiguous(),
+        log_probs=log_probs[:, :length].contiguous(),
         group_size=group_size,
     )
+
+
+def select_cache_rows(policy: Policy, past: object, index: torch.Tensor) -> object | None:
+    """``past`` cut to the batch rows ``index`` (``[n]``, long) by the policy's own
+    ``select_cache_rows(past, index)`` (:class:`~driftlab.llm.model.TransformerLM` and
+    :class:`~driftlab.llm.hf.HFPolicy` have one). ``None`` when the policy has none or says
+    its cache cannot drop rows: :func:`generate` then keeps decoding every row (same
+    samples, more arithmetic)."""
+    select = getattr(policy, "select_cache_rows", None)
+    return None if select is None else select(past, index)
+
+
+MIN_DECODE_ROWS = 4
+"""The fewest rows :func:`generate` cuts a batch to. CPU matrix products switch to another
+kernel, with another summation order, below 4 rows; finished rows ride along up to this size,
+so every row's logits stay bit-identical to those it gets in the full batch."""
+
+
+def _rows_to_keep(finished: torch.Tensor) -> torch.Tensor | None:
+    """The batch rows to keep decoding (in batch order): the unfinished ones, topped up with
+    finished ones to :data:`MIN_DECODE_ROWS`; ``None`` when that would drop no row."""
+    batch = finished.numel()
+    unfinished = torch.nonzero(~finished).squeeze(1)
+    target = max(unfinished.numel(), min(batch, MIN_DECODE_ROWS))
+    if target >= batch:
+        return None
+    riders = torch.nonzero(finished).squeeze(1)[: target - unfinished.numel()]
+    return torch.cat((unfinished, riders)).sort().values
+
+
+def _sample_rows(
+    logits: torch.Tensor,
+    alive: torch.Tensor,
+    rows: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_tokens` for the batch rows ``alive`` (of ``rows``) of :func:`generate`.
+
+    ``torch.multinomial`` draws from ``generator`` for every row of its input, so when rows
+    have left the batch, zero logits stand in for them: the generator then advances as for
+    the full batch and every row gets the token it gets there. Uniforms and greedy decoding
+    need no such care: each row's draw is its own."""
+    if uniforms is not None or temperature == 0.0 or logits.shape[0] == rows:
+        return sample_tokens(logits, temperature, top_p, generator, uniforms=uniforms)
+    full = logits.new_zeros(rows, logits.shape[1])
+    full[alive] = logits
+    token, log_prob = sample_tokens(full, temperature, top_p, generator)
+    return token[alive], log_prob[alive]
 
 
 def sequence_log_probs(

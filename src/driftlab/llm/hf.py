@@ -74,6 +74,25 @@ class HFPolicy(nn.Module):
         new_past = out.get("cache", None)
         return out.logits, out.get("past_key_values", None) if new_past is None else new_past
 
+    # Cache layers whose whole per-row state is keys and values, so dropping rows is exact
+    # (a linear-attention or static layer keeps other state, or cannot shrink).
+    _ROW_SELECTABLE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+
+    @classmethod
+    def select_cache_rows(cls, past: Any, index: torch.Tensor) -> Any:
+        """The model's cache cut, in place, to the batch rows ``index`` (``[n]``, long) with
+        ``DynamicCache.batch_select_indices``: how :func:`~driftlab.llm.generation.generate`
+        drops finished rows while decoding. ``None`` for other cache types: generation then
+        decodes every row, as before."""
+        if type(past).__name__ != "DynamicCache":
+            return None
+        # Older transformers keep key/value lists, no layers: their selection is exact too.
+        layers = getattr(past, "layers", ())
+        if any(type(layer).__name__ not in cls._ROW_SELECTABLE_LAYERS for layer in layers):
+            return None
+        past.batch_select_indices(index)
+        return past
+
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

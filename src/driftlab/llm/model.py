@@ -224,6 +224,14 @@ class TransformerLM(nn.Module):
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         return functional.linear(hidden, weight)
 
+    @staticmethod
+    def select_cache_rows(past: KVCache, index: torch.Tensor) -> KVCache:
+        """The cache of the batch rows ``index`` only (``[n]``, long): how
+        :func:`~driftlab.llm.generation.generate` drops finished rows while decoding."""
+        return [
+            (keys.index_select(0, index), values.index_select(0, index)) for keys, values in past
+        ]
+
     def _backbone(
         self,
         input_ids: torch.Tensor,
