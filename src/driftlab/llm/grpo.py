@@ -81,9 +81,9 @@ class GRPOConfig(RLConfig):
     """GRPO's hyperparameters (DeepSeekMath sec. 4.1 and the variants in the module
     docstring), on top of :class:`~driftlab.llm.trainer.RLConfig`.
 
-    The defaults are the ones tuned for the tiny models of ``benchmarks/llm_learning.py``
-    (see ``PRESETS["llm_learning"]``): DeepSeekMath's own were lr 1e-6, beta 0.04, G 64,
-    1024 prompts per step, mu 1.
+    The defaults are DeepSeekMath's (beta 0.04, eps 0.2, k3 in the loss, mu 1) except the
+    learning rate and batch, which suit the small models trained here (theirs: lr 1e-6, G 64,
+    1024 prompts per step); ``PRESETS["llm_learning"]`` is what the learning benchmark runs.
 
     - ``clip_eps`` (eps, or DAPO's eps_low) and ``clip_eps_high`` (DAPO's eps_high; ``None``
       is ``clip_eps``);
@@ -99,7 +99,7 @@ class GRPOConfig(RLConfig):
       ``max_new_tokens``).
     """
 
-    lr: float = 2e-4
+    lr: float = 5e-4
     beta: float = 0.04
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
@@ -196,8 +196,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "rloo": {"advantage": "rloo"},
     "reinforce++": {"advantage": "reinforce++"},
-    # What benchmarks/llm_learning.py trains with (the defaults above, written out).
-    "llm_learning": {},
+    # benchmarks/llm_learning.py: 16 prompts x 8 completions, lr 5e-4, a weaker KL pull
+    # (beta 0.04 slowed the climb from 0.24 to 0.5 greedy accuracy on 2-digit addition).
+    "llm_learning": {"lr": 5e-4, "beta": 0.01},
 }
 
 
