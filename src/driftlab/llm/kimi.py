@@ -626,8 +626,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The method as the paper describes it: mirror descent, no KL reference, prioritised
     # sampling; the length reward, curriculum and partial rollouts are switched on by name.
     "kimi": {},
-    # What benchmarks/llm_learning.py trains with (tuned on its 2-digit addition model).
-    "llm_learning": {},
+    # What benchmarks/llm_learning.py trains with, tuned on its 2-digit addition model
+    # (seed 0, 300 s): two minibatches and two passes per batch (four AdamW steps, so the
+    # tau term of the surrogate acts), gradients clipped hard. At lr 1e-4, one step per
+    # batch and grad_clip 1 the gain in the same time was 19 points instead of 31.
+    "llm_learning": {
+        "lr": 3e-4,
+        "grad_clip": 0.1,
+        "mu": 2,
+        "minibatch_size": 64,
+        "tau": 0.5,
+    },
 }
 
 
