@@ -12,6 +12,7 @@ from driftlab.llm.generation import (
     sequence_log_probs,
 )
 from driftlab.llm.grpo import GRPOConfig, GRPOTrainer, grpo_config
+from driftlab.llm.kimi import KimiConfig, KimiTrainer, kimi_config
 from driftlab.llm.model import TransformerConfig, TransformerLM, load_model, save_model
 from driftlab.llm.rewards import (
     answer_reward,
@@ -35,6 +36,8 @@ __all__ = [
     "ExpressionError",
     "GRPOConfig",
     "GRPOTrainer",
+    "KimiConfig",
+    "KimiTrainer",
     "RLConfig",
     "RLTrainer",
     "Rollout",
@@ -56,6 +59,7 @@ __all__ = [
     "greedy_accuracy",
     "grpo_config",
     "inverse_cdf_sample",
+    "kimi_config",
     "load_model",
     "parse_expression",
     "sample_tokens",
