@@ -13,6 +13,7 @@ from driftlab.core.config import ConfigError
 from driftlab.llm.generation import sequence_log_probs
 from driftlab.llm.model import TransformerConfig, TransformerLM
 from driftlab.llm.ppo import (
+    PRESETS,
     AdaptiveKLController,
     FixedKLController,
     PPOConfig,
@@ -210,6 +211,12 @@ def test_bad_config_values_raise_one_line_errors(options, message):
     with pytest.raises(ConfigError, match=message) as error:
         PPOConfig(**options)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_configs(name):
+    config = PPOConfig(**PRESETS[name])
+    assert all(getattr(config, key) == value for key, value in PRESETS[name].items())
 
 
 def hand_experience(trainer):

@@ -263,6 +263,33 @@ class PPOConfig(RLConfig):
             )
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # InstructGPT (Ouyang et al. 2022, appendix C.4): a fixed KL coefficient of 0.02 and a
+    # separate value model.
+    "instructgpt": {"beta": 0.02, "kl_controller": "fixed", "value_model": "separate"},
+    # Ziegler et al. 2019 / TRL's defaults: a value head on the policy, the adaptive KL
+    # controller from 0.2 towards 6 nats over a horizon of 10,000 episodes.
+    "ziegler": {
+        "beta": 0.2,
+        "kl_controller": "adaptive",
+        "kl_target": 6.0,
+        "kl_horizon": 10_000,
+        "value_model": "head",
+    },
+    # What benchmarks/llm_learning.py trains with (2-digit addition after SFT, a 2-layer
+    # d=64 model, 16 prompts x 8 completions): tuned on seed 0 with 150 s runs.
+    "llm_learning": {
+        "lr": 5e-4,
+        "beta": 0.02,
+        "value_model": "separate",
+        "value_lr": 1e-3,
+        "mu": 2,
+        "minibatch_size": 64,
+    },
+}
+"""Named settings, applied on top of :class:`PPOConfig`'s defaults."""
+
+
 class PPOTrainer(RLTrainer):
     """PPO with a value function for language models (see the module docstring).
 
