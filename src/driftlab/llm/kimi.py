@@ -126,6 +126,12 @@ def length_reward(
     (:func:`driftlab.rl.losses.kimi_length_reward`), times ``weight``. The paper warms up
     without it ("standard policy optimization without length penalty, followed by a constant
     length penalty"): it is 0 while ``step < warmup_steps``.
+
+    The weight and the warm-up matter: in a group where every answer is wrong only the
+    length term differs between answers, and it favours the shortest. On the 2-digit
+    addition benchmark with weight 1 and no warm-up, the policy collapsed to an empty answer
+    (``<eos>`` alone, accuracy 0) within 100 iterations, where equal lengths then leave no
+    signal to recover.
     """
     check_int("group_size", group_size, minimum=1)
     check_nonnegative("weight", weight)
