@@ -230,10 +230,19 @@ kernel, with another summation order, below 4 rows; finished rows ride along up 
 so every row's logits stay bit-identical to those it gets in the full batch."""
 
 
+CUT_FRACTION = 0.125
+""":func:`generate` cuts the batch once at least this fraction of its rows has finished. A cut
+copies the whole cache; cutting at every finished row cost more than it saved on a 2-layer
+width-32 GPT-2 (64 rows, +3% generation time), waiting for an eighth of the batch did not."""
+
+
 def _rows_to_keep(finished: torch.Tensor) -> torch.Tensor | None:
     """The batch rows to keep decoding (in batch order): the unfinished ones, topped up with
-    finished ones to :data:`MIN_DECODE_ROWS`; ``None`` when that would drop no row."""
+    finished ones to :data:`MIN_DECODE_ROWS`; ``None`` when fewer than :data:`CUT_FRACTION`
+    of the rows have finished, or when no row would be dropped."""
     batch = finished.numel()
+    if int(finished.sum()) < CUT_FRACTION * batch:
+        return None
     unfinished = torch.nonzero(~finished).squeeze(1)
     target = max(unfinished.numel(), min(batch, MIN_DECODE_ROWS))
     if target >= batch:
