@@ -7,6 +7,7 @@ import torch
 from driftlab.llm.generation import (
     MIN_DECODE_ROWS,
     _rows_to_keep,
+    decode_completions,
     generate,
     select_cache_rows,
     sequence_log_probs,
@@ -257,3 +258,16 @@ def test_hf_policy_drops_finished_rows_bit_identically():
     assert len(set(compact.lengths.tolist())) > 3
     # A cache that cannot drop rows (here a legacy tuple) is decoded whole.
     assert policy.select_cache_rows(((torch.zeros(2, 1),),), torch.tensor([0])) is None
+
+
+def test_decode_completions_reads_masked_tokens_only():
+    ids = torch.tensor([[*TOK.encode("12"), TOK.eos_id, TOK.pad_id], TOK.encode("3+45")])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    assert decode_completions(TOK, ids, mask) == ["12", "3+4"]
+    model = early_eos_model()
+    rollout = sample(model, group_size=4, generator=torch.Generator().manual_seed(0))
+    texts = decode_completions(TOK, rollout.completion_ids, rollout.completion_mask)
+    assert texts == [
+        TOK.decode(row[mask.bool()])
+        for row, mask in zip(rollout.completion_ids, rollout.completion_mask, strict=True)
+    ]

@@ -51,6 +51,8 @@ def test_tokenizer_matches_char_tokenizer(local_model):
         text, add_bos=True, add_eos=True
     )
     assert tok.decode(tok.encode(text, add_eos=True)) == text
+    rows = [tok.encode(text, add_bos=True, add_eos=True), tok.encode("7"), []]
+    assert tok.batch_decode(rows) == [tok.decode(row) for row in rows] == [text, "7", ""]
     ids, mask = tok.batch_encode(PROMPTS, "left")
     char_ids, char_mask = CHAR.batch_encode(PROMPTS, "left")
     assert torch.equal(ids, char_ids) and torch.equal(mask, char_mask)

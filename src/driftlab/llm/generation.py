@@ -29,10 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 
 import torch
 
 from driftlab.core.config import check_in_range, check_int, check_nonnegative, check_positive
+from driftlab.llm.tokenizer import Tokenizer
 
 Policy = Callable[..., tuple[torch.Tensor, object]]
 
@@ -272,6 +274,23 @@ def _sample_rows(
     full[alive] = logits
     token, log_prob = sample_tokens(full, temperature, top_p, generator)
     return token[alive], log_prob[alive]
+
+
+def decode_completions(
+    tokenizer: Tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> list[str]:
+    """The text of each completion's masked-in tokens (special tokens dropped), for scoring.
+
+    The batch crosses to Python lists once, not row by row, and a tokenizer with
+    ``batch_decode`` (:class:`~driftlab.llm.hf.HFTokenizer`) decodes all rows in one call."""
+    rows = [
+        list(compress(ids, mask))
+        for ids, mask in zip(completion_ids.tolist(), completion_mask.tolist(), strict=True)
+    ]
+    batch_decode = getattr(tokenizer, "batch_decode", None)
+    if batch_decode is not None:
+        return batch_decode(rows)
+    return [tokenizer.decode(row) for row in rows]
 
 
 def sequence_log_probs(

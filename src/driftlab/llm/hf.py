@@ -150,6 +150,14 @@ class HFTokenizer:
             ids = ids.tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special)
 
+    def batch_decode(
+        self, sequences: Sequence[Sequence[int]], skip_special: bool = True
+    ) -> list[str]:
+        """:meth:`decode` of every sequence, in one call of the fast tokenizer."""
+        return self.tokenizer.batch_decode(
+            [list(ids) for ids in sequences], skip_special_tokens=skip_special
+        )
+
     def batch_encode(
         self,
         texts: Sequence[str],
