@@ -12,9 +12,10 @@ def run_demo(
     run_dir: str, overwrite: bool = False, seed: int = 0, train_minutes: float = 1.0
 ) -> None:
     """The oracle samplers, a two-moons model trained for ``train_minutes``, the grid
-    world's exact solution with a Q-learning curve, and PPO on CartPole-v1 with its learning
-    curve."""
+    world's exact solution with a Q-learning curve, PPO on CartPole-v1 with its learning
+    curve, and GRPO on 2-digit addition after a supervised warm-up."""
     from driftlab.diffusion.demo import run_diffusion_demo, run_training_demo
+    from driftlab.llm.demo import run_demo as run_llm_demo
     from driftlab.rl.deep.demo import run_demo as run_deep_rl_demo
     from driftlab.rl.tabular.demo import run_demo as run_tabular_demo
 
@@ -30,4 +31,6 @@ def run_demo(
         print(run_tabular_demo(run.path / "rl", seed=seed), flush=True)
         print(flush=True)
         print(run_deep_rl_demo(run.path / "rl-deep", seed=seed), flush=True)
+        print(flush=True)
+        print(run_llm_demo(run.path / "llm", seed=seed), flush=True)
         print(f"\ndemo finished in {time.perf_counter() - start:.1f} s; outputs in {run.path}")

@@ -333,3 +333,20 @@ def test_train_a_local_hugging_face_model(tmp_path: Path, capsys: pytest.Capture
     assert [s["completion"] for s in after["samples"]] == [
         s["completion"] for s in before["samples"]
     ]
+
+
+def test_demo_stage_reports_accuracy_before_and_after(tmp_path: Path) -> None:
+    """The ``make demo`` stage, shortened: its summary quotes the accuracies it saved."""
+    from driftlab.llm.demo import run_demo
+
+    summary = run_demo(tmp_path, seed=0, sft_steps=3, grpo_steps=1, eval_size=8)
+    before = json.loads((tmp_path / "sft" / "eval.json").read_text())
+    after = json.loads((tmp_path / "grpo" / "eval.json").read_text())
+    assert before["problems"] == after["problems"] == 8
+    assert f"accuracy {before['accuracy']:.1%} (8 problems)" in summary
+    assert "1 iterations of 16 prompts x 8 completions in" in summary
+    assert summary.splitlines()[2].endswith(f" s: {after['accuracy']:.1%}")
+    assert (tmp_path / "grpo" / "model.json").exists()
+    assert (tmp_path / "grpo" / "checkpoint.json").exists()
+    records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1]
