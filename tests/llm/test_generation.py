@@ -144,6 +144,9 @@ def test_validation():
         sample(model, top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         sample(model, max_new_tokens=0)
+    ids, mask = TOK.batch_encode(PROMPTS, "left")
+    with pytest.raises(ValueError, match="chunks must be >= 1"):
+        sequence_log_probs(model, ids, mask, ids, mask, chunks=0)
 
 
 class Recording(torch.nn.Module):
@@ -271,3 +274,31 @@ def test_decode_completions_reads_masked_tokens_only():
         TOK.decode(row[mask.bool()])
         for row, mask in zip(rollout.completion_ids, rollout.completion_mask, strict=True)
     ]
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 40])
+def test_length_chunked_log_probs_equal_one_pass(chunks):
+    model = early_eos_model().train()
+    rollout = sample(model, group_size=4, generator=torch.Generator().manual_seed(0))
+    assert len(set(rollout.lengths.tolist())) > 3  # rows of many lengths: chunks differ
+    args = (
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        rollout.completion_mask,
+    )
+    weights = torch.linspace(-1.0, 1.0, rollout.completion_ids.shape[0])[:, None]
+    results = []
+    for k in (1, chunks):
+        model.zero_grad()
+        log_probs, entropy = sequence_log_probs(
+            model, *args, temperature=0.7, return_entropy=True, chunks=k
+        )
+        (log_probs * weights).sum().backward()
+        results.append((log_probs.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
+    (one_lp, one_entropy, one_grads), (lp, entropy, grads) = results
+    assert lp.shape == one_lp.shape and (lp[rollout.completion_mask == 0] == 0).all()
+    assert (lp - one_lp).abs().max().item() < 1e-5
+    assert (entropy - one_entropy).abs().max().item() < 1e-5
+    for grad, one_grad in zip(grads, one_grads, strict=True):
+        assert torch.allclose(grad, one_grad, atol=1e-6, rtol=1e-4)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from itertools import compress
 
 import torch
+from torch.nn import functional
 
 from driftlab.core.config import check_in_range, check_int, check_nonnegative, check_positive
 from driftlab.llm.tokenizer import Tokenizer
@@ -301,6 +302,7 @@ def sequence_log_probs(
     completion_mask: torch.Tensor,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    chunks: int = 1,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token ``log pi(y_t | x, y_<t)`` of the completions, ``[rows, completion_len]``, from
     one teacher-forced forward pass; 0 where ``completion_mask`` is 0.
@@ -310,8 +312,26 @@ def sequence_log_probs(
     Gradients flow (this is the policy term of the trainers' losses). With
     ``return_entropy`` also the entropy of that distribution at every completion position
     (detached, 0 where masked): the trainers log its mean.
+
+    With ``chunks > 1`` the rows are sorted by completion length and run in that many passes,
+    each cut to the prompt and completion columns its own rows use (:func:`_length_chunks`):
+    a short completion no longer carries the longest one's padding through the network. The
+    result has the same shape and values (up to float rounding), and a backward pass through
+    it runs chunk by chunk too.
     """
     check_positive("temperature", temperature)
+    check_int("chunks", chunks, minimum=1)
+    if chunks > 1 and completion_ids.shape[0] > 1:
+        return _length_chunks(
+            policy,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            temperature,
+            return_entropy,
+            chunks,
+        )
     ids = torch.cat((prompt_ids, completion_ids), dim=1)
     mask = torch.cat((prompt_mask, completion_mask), dim=1).long()
     logits, _ = policy(ids, attention_mask=mask)
@@ -326,3 +346,40 @@ def sequence_log_probs(
     with torch.no_grad():
         entropy = -(all_log_probs.exp() * all_log_probs).sum(dim=-1) * weights
     return log_probs * weights, entropy
+
+
+def _length_chunks(
+    policy: Policy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float,
+    return_entropy: bool,
+    chunks: int,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_log_probs` over ``chunks`` groups of rows of similar completion length,
+    each trimmed to the columns it uses (left of the prompts, right of the completions), the
+    results padded back with 0 (masked positions) and put back in row order."""
+    width = completion_ids.shape[1]
+    order = torch.argsort(completion_mask.sum(dim=1), stable=True)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for rows in order.chunk(chunks):
+        prompt_used = torch.nonzero(prompt_mask[rows].any(dim=0))
+        start = int(prompt_used.min()) if prompt_used.numel() else prompt_ids.shape[1] - 1
+        completion_used = torch.nonzero(completion_mask[rows].any(dim=0))
+        end = int(completion_used.max()) + 1 if completion_used.numel() else 1
+        out = sequence_log_probs(
+            policy,
+            prompt_ids[rows, start:],
+            prompt_mask[rows, start:],
+            completion_ids[rows, :end],
+            completion_mask[rows, :end],
+            temperature,
+            return_entropy,
+        )
+        out = out if return_entropy else (out,)
+        parts.append(tuple(functional.pad(x, (0, width - end)) for x in out))
+    inverse = torch.argsort(order)
+    results = tuple(torch.cat(columns)[inverse] for columns in zip(*parts, strict=True))
+    return results if return_entropy else results[0]
