@@ -20,6 +20,7 @@ from driftlab.llm.ppo import (
     PPOTrainer,
     last_token,
     masked_whiten,
+    ppo_config,
     token_advantages,
     token_rewards,
 )
@@ -215,8 +216,11 @@ def test_bad_config_values_raise_one_line_errors(options, message):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_are_valid_configs(name):
-    config = PPOConfig(**PRESETS[name])
+    config = ppo_config(name, seed=3)
     assert all(getattr(config, key) == value for key, value in PRESETS[name].items())
+    assert config.seed == 3
+    with pytest.raises(ConfigError, match="unknown PPOConfig option"):
+        ppo_config(name, clip_range=0.1)
 
 
 def hand_experience(trainer):

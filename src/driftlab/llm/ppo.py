@@ -264,6 +264,8 @@ class PPOConfig(RLConfig):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # PPOConfig's defaults.
+    "ppo": {},
     # InstructGPT (Ouyang et al. 2022, appendix C.4): a fixed KL coefficient of 0.02 and a
     # separate value model.
     "instructgpt": {"beta": 0.02, "kl_controller": "fixed", "value_model": "separate"},
@@ -290,6 +292,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 """Named settings, applied on top of :class:`PPOConfig`'s defaults."""
+
+
+def ppo_config(preset: str = "ppo", **overrides: Any) -> PPOConfig:
+    """A :class:`PPOConfig` from a named preset (``PRESETS``) with ``overrides`` on top."""
+    check_choice("preset", preset, PRESETS)
+    return PPOConfig.from_dict({**PRESETS[preset], **overrides})
 
 
 class PPOTrainer(RLTrainer):
