@@ -14,6 +14,7 @@ from driftlab.llm.generation import (
 from driftlab.llm.grpo import GRPOConfig, GRPOTrainer, grpo_config
 from driftlab.llm.kimi import KimiConfig, KimiTrainer, kimi_config
 from driftlab.llm.model import TransformerConfig, TransformerLM, load_model, save_model
+from driftlab.llm.ppo import PPOConfig, PPOTrainer, ppo_config
 from driftlab.llm.rewards import (
     answer_reward,
     combine_rewards,
@@ -38,6 +39,8 @@ __all__ = [
     "GRPOTrainer",
     "KimiConfig",
     "KimiTrainer",
+    "PPOConfig",
+    "PPOTrainer",
     "RLConfig",
     "RLTrainer",
     "Rollout",
@@ -62,6 +65,7 @@ __all__ = [
     "kimi_config",
     "load_model",
     "parse_expression",
+    "ppo_config",
     "sample_tokens",
     "save_model",
     "sequence_log_probs",
