@@ -322,7 +322,6 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-
     cls = _trainer_class(args.algo)
     run_dir = args.run_dir or f"runs/llm/{args.algo}-{args.task}"
     if args.resume:

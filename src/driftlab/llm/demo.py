@@ -15,8 +15,9 @@ from driftlab.core.rundir import write_json
 
 TASK_OPTIONS = {"digits": 2}
 MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 48}
-# A short warm-up leaves the model partly competent (the reference solutions' format and
-# most column sums), so GRPO's groups have both right and wrong answers to learn from.
+# The warm-up leaves the model partly competent (61% held-out for seed 0: the format and most
+# column sums right), so GRPO's groups hold both right and wrong answers to learn from; after
+# 150 steps (20%) sampling at temperature 1 is right too rarely and GRPO lost accuracy.
 SFT = {"steps": 250, "batch_size": 32, "lr": 1e-2}
 GRPO = {
     "prompts_per_step": 16,
@@ -27,7 +28,9 @@ GRPO = {
     "eval_size": 200,
     "eval_samples": 4,
 }
-GRPO_STEPS = 100
+# 200 iterations: 37 s of one core for the whole stage; seed 0 goes from 61.0% to 67.5%
+# (held-out accuracy moves by a few points per 10 iterations, so fewer show little).
+GRPO_STEPS = 200
 
 
 def run_demo(
