@@ -34,6 +34,8 @@ MODEL = "model"  # the policy's file stem inside a run directory (model.safetens
 HF_MODEL = "hf_model"  # a Hugging Face policy's directory inside a run directory
 SAMPLES = "samples.txt"
 ALGORITHMS = ("grpo", "ppo", "kimi")
+SFT_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}
+"""The warm-up transformer's size where it departs from :class:`TransformerConfig`'s."""
 
 
 # ----- parsing --------------------------------------------------------------------------------
@@ -240,8 +242,7 @@ def run_sft(args: argparse.Namespace) -> None:
     task_options = parse_pairs("--task-option", args.task_option)
     task = make_task(args.task, task_options)
     tokenizer = CharTokenizer()
-    model_values = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}
-    model_values |= parse_pairs("--model-set", args.model_set)
+    model_values = SFT_MODEL | parse_pairs("--model-set", args.model_set)
     model_config = build_config(
         TransformerConfig, {**model_values, "vocab_size": tokenizer.vocab_size}, "model"
     )
@@ -507,11 +508,43 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 # ----- parsers --------------------------------------------------------------------------------
+def option_defaults(cls: type, skip: Sequence[str] = ()) -> str:
+    """``name=default`` of every field of a config dataclass, for ``--help``."""
+    from dataclasses import MISSING
+
+    shown = []
+    for f in fields(cls):
+        if not f.init or f.name in skip:
+            continue
+        if f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        shown.append(f"{f.name}={json.dumps(value)}")
+    return ", ".join(shown)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
 def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
+    import textwrap
+
+    from driftlab.llm.model import TransformerConfig
+    from driftlab.llm.sft import SFTConfig
+    from driftlab.llm.trainer import get_trainer
+
+    trainer_options = "\n\n".join(
+        textwrap.fill(
+            f"{name} (--set KEY=VALUE): "
+            + option_defaults(get_trainer(name).config_class, ("task", "task_options")),
+            width=92,
+        )
+        for name in ALGORITHMS
+    )
     llm = families.add_parser(
         "llm",
         help="RL for language models with verifiable rewards",
@@ -538,15 +571,16 @@ def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
         "multiplication: digits, min_digits; countdown: count, max_number, max_target; all: "
         "test_fraction, split_seed, chain_of_thought); default: the task's own",
     )  # fmt: skip
+    model_defaults = {f.name: f.default for f in fields(TransformerConfig)} | SFT_MODEL
     sft.add_argument(
         "--model-set", action="append", metavar="KEY=VALUE",
-        help="transformer size (repeatable): d_model (64), n_layers (2), n_heads (4), "
-        "max_seq_len (128), mlp_ratio, norm, positions, tie_embeddings, dropout",
+        help="transformer size (repeatable); defaults: "
+        + ", ".join(f"{k}={json.dumps(v)}" for k, v in model_defaults.items() if k != "vocab_size"),
     )  # fmt: skip
     sft.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
-        help="SFT hyperparameter (repeatable): steps (500), batch_size (64), lr (3e-3), "
-        "weight_decay, warmup_steps, min_lr_ratio, grad_clip, train_size, log_every",
+        help="SFT hyperparameter (repeatable); defaults: "
+        + option_defaults(SFTConfig, ("seed",)),
     )  # fmt: skip
     sft.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
     sft.add_argument("--eval-size", type=int, default=200, help="held-out problems evaluated")
@@ -568,6 +602,7 @@ def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
         "checkpoints, the final policy, eval.json and samples.txt; checkpoints on Ctrl-C and "
         "--resume continues exactly. Under torchrun --nproc_per_node N every rank trains on "
         "its shard of the prompt groups (gloo).",
+        epilog="Each algorithm's options and their defaults:\n\n" + trainer_options,
         formatter_class=formatter,
     )
     train.add_argument("algo", metavar="ALGO", help="grpo, ppo or kimi")
@@ -589,7 +624,7 @@ def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
         help="override a trainer option (repeatable; JSON values), e.g. --set lr=1e-4 "
-        "--set beta=0 --set group_size=8; an unknown key lists the allowed ones",
+        "--set beta=0 --set group_size=8; the options and defaults are listed below",
     )  # fmt: skip
     train.add_argument(
         "--steps", type=int, default=None, help="RL iterations (default: the config's)"
