@@ -333,3 +333,20 @@ def test_kimi_steps_with_partial_rollouts_on_a_hugging_face_gpt2():
     records = trainer.train(steps=3, show_progress=False)
     assert sum(r["completed_groups"] for r in records) >= 2
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_trainer_curriculum_moves_to_harder_problems_on_schedule():
+    trainer = _trainer(
+        curriculum=[{"digits": 1}, {"digits": 2, "min_digits": 2}],
+        curriculum_every=1,
+        max_new_tokens=6,
+        mu=1,
+        minibatch_size=None,
+    )
+    assert all(p["a"] < 10 and p["b"] < 10 for p in trainer.select_problems(4))
+    record = trainer.train(steps=1, show_progress=False)[0]
+    assert record["curriculum_level"] == 0.0  # logged before the rule moved on
+    assert trainer.sampler.level == 1
+    assert all(p["a"] >= 10 and p["b"] >= 10 for p in trainer.select_problems(4))
+    # evaluation stays on the configured task (1-digit here)
+    assert all(p["a"] < 10 and p["b"] < 10 for p in trainer.eval_problems)

@@ -393,6 +393,7 @@ class KimiTrainer(RLTrainer):
             )
         self.pending: list[PendingGroup] = []
         self._completed_groups = 0
+        self._sampled_level = 0
 
     # -- sampling (sec. 2.3.4) ----------------------------------------------------------------
 
@@ -563,6 +564,7 @@ class KimiTrainer(RLTrainer):
         exp.extras["length_reward"] = bonus
         exp.advantages = total - baseline
         if self.sampler is not None:
+            self._sampled_level = self.sampler.level  # logged: the level these came from
             outcomes = exp.correct.view(-1, g).tolist() if exp.rows else []
             records = distributed.gather_objects(
                 [(p["prompt"], o) for p, o in zip(exp.problems, outcomes, strict=True)]
@@ -609,7 +611,7 @@ class KimiTrainer(RLTrainer):
             metrics["length_reward"] = float(exp.extras["length_reward"].mean())
             metrics["baseline"] = float(exp.extras["baseline"].mean())
         if self.sampler is not None:
-            metrics["curriculum_level"] = float(self.sampler.level)
+            metrics["curriculum_level"] = float(self._sampled_level)
         if global_groups == 0:  # partial rollouts: nothing finished this iteration
             return {"lr": self.learning_rate(), **metrics}
         return {**super().update(exp, global_groups), **metrics}
