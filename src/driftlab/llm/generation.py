@@ -164,7 +164,7 @@ def generate(
     # Outputs are preallocated and written at the original rows, so rows can leave the batch.
     completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     completion_mask = torch.zeros((rows, max_new_tokens), dtype=torch.long, device=device)
-    log_probs = torch.zeros((rows, max_new_tokens), device=device)
+    log_probs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
     # ``alive[b]``: the original row of batch row ``b``. With a cache the policy can cut to
     # its surviving rows (:func:`select_cache_rows`), finished rows leave the batch: decoding
     # costs what the unfinished rows need, not the longest row times the whole batch. Each
