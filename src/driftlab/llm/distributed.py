@@ -82,8 +82,7 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         raise ValueError(f"op must be one of {', '.join(REDUCE_OPS)}; got {op!r}")
     if not is_initialized() or world_size() == 1:
         return tensor
-    reduce_op = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM}.get(op)
-    reduce_op = reduce_op or {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+    reduce_op = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}.get(op, dist.ReduceOp.SUM)
     dist.all_reduce(tensor, op=reduce_op)
     if op == "mean":
         tensor.div_(world_size())
