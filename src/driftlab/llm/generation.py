@@ -134,8 +134,9 @@ def generate(
     and rows that have finished leave the batch (their cache rows are dropped with the
     policy's ``select_cache_rows``, see :func:`select_cache_rows`), so a step costs what the
     unfinished rows need; the samples and log-probs are bit for bit those of decoding every
-    row. Without ``use_cache`` the whole sequence of every row is recomputed each step (slow;
-    a reference for tests).
+    row (on CPU, tested; a GPU library that picks its matmul kernel by batch size may differ
+    in rounding). Without ``use_cache`` the whole sequence of every row is recomputed each
+    step (slow; a reference for tests).
     A seeded ``generator`` makes sampling deterministic. ``uniforms``
     ``[batch * group_size, max_new_tokens]`` in ``[0, 1)`` replace the generator: token ``t``
     of row ``i`` is the inverse-CDF draw of ``uniforms[i, t]``, so slicing the uniforms of a
