@@ -16,9 +16,15 @@ and, under outcome supervision (sec. 4.1.2), every token of output ``i`` gets th
 group-normalised reward ``A_it = (r_i - mean(r)) / std(r)``. Process supervision (sec.
 4.1.3) rewards each reasoning step instead: the step rewards of the whole group are
 normalised together and a token's advantage is the sum of the normalised rewards of the
-steps that end at or after it. The policy takes ``mu`` optimisation steps per batch, and
-iterative GRPO (sec. 4.1.4, Algorithm 1) resets the reference model to the policy
-every ``ref_reset_every`` iterations.
+steps that end at or after it. DeepSeekMath's step rewards come from a trained process
+reward model; here a step is a line of the chain of thought and its reward is verified:
+1 when it equals the reference solution's line at that position, and the outcome's
+correctness for the final answer line (:meth:`GRPOTrainer.step_rewards`). That needs tasks
+whose correct steps are unique (addition, multiplication; not Countdown).
+
+The policy takes ``mu`` optimisation steps per batch, and iterative GRPO (sec. 4.1.4,
+Algorithm 1) resets the reference model to the policy every ``ref_reset_every``
+iterations.
 
 Options (all validated by :class:`GRPOConfig`; the named combinations are in ``PRESETS``):
 
