@@ -48,8 +48,10 @@ def test_other_zoo_entries():
         10,
     )
     assert (dqn["learning_rate"], dqn["exploration_final_eps"]) == (1e-3, 0.04)  # see the preset
+    assert (dqn["lr_schedule"], dqn["double_q"], dqn["huber"]) == ("linear", True, False)
     zoo = hyperparameters("dqn", "CartPole-v1", ZOO_DEPARTURES[("dqn", "CartPole-v1")])
-    assert (zoo["learning_rate"], zoo["double_q"]) == (2.3e-3, False)
+    assert (zoo["learning_rate"], zoo["lr_schedule"]) == (2.3e-3, "constant")
+    assert (zoo["double_q"], zoo["huber"]) == (False, True)
     assert dqn["hidden_sizes"] == (256, 256) and dqn["activation"] == "relu"
     # gradient_steps -1 (one per collected step) becomes train_freq with one environment
     assert hyperparameters("dqn", "Acrobot-v1", {})["gradient_steps"] == 4
