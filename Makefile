@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch 2.13.0 is the CPU build on this machine's disk; a user's own torch is never replaced.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@# The llm extra (transformers) is installed too, so the Hugging Face adapter is tested.
+	$(PY) -m pip install --quiet -e ".[dev,llm]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -e ".[dev,llm,bench]"
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
