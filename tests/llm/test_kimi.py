@@ -350,3 +350,48 @@ def test_trainer_curriculum_moves_to_harder_problems_on_schedule():
     assert all(p["a"] >= 10 and p["b"] >= 10 for p in trainer.select_problems(4))
     # evaluation stays on the configured task (1-digit here)
     assert all(p["a"] < 10 and p["b"] < 10 for p in trainer.eval_problems)
+
+
+DISTRIBUTED_OPTIONS = {"rollout_budget": 5, "max_new_tokens": 10}
+
+
+def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
+    from torch import distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trainer = _trainer(**DISTRIBUTED_OPTIONS)
+        trainer.train(3, show_progress=False)
+        if rank == 0:
+            torch.save(
+                {
+                    "params": [p.detach() for p in trainer.policy.parameters()],
+                    "pending": [g.state_dict() for g in trainer.pending],
+                    "attempts": trainer.sampler.attempts,
+                },
+                f"{out_dir}/rank0.pt",
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_with_partial_rollouts(tmp_path):
+    """Each rank continues 2 of the 4 groups; the unfinished groups and the success rates
+    are shared, and the gradients averaged, so both runs take the same steps."""
+    import socket
+
+    from torch import multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(port, str(tmp_path)), nprocs=2)
+    two = torch.load(tmp_path / "rank0.pt")
+    one = _trainer(**DISTRIBUTED_OPTIONS)
+    one.train(3, show_progress=False)
+    assert two["pending"] == [g.state_dict() for g in one.pending]
+    torch.testing.assert_close(two["attempts"], one.sampler.attempts)
+    assert one.sampler.attempts.sum() > 0
+    for a, b in zip(one.policy.parameters(), two["params"], strict=True):
+        torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=0)
