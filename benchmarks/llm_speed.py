@@ -57,6 +57,7 @@ SETTINGS: dict[str, Any] = {
     "temperature": 1.0,
     "beta": 0.04,  # TRL's former default; > 0 so both sides run the reference model
     "lr": 1e-5,
+    "length_chunks": 2,  # driftlab's length-bucketed log-prob passes
     "warmup": 2,
     "steps": 6,
     "repeats": 3,
@@ -330,6 +331,9 @@ def run_driftlab(
         grad_clip=1.0,
         train_size=settings["prompts"] * steps,
         seed=seed,
+        # Reference and policy passes over rows grouped by completion length (an option of
+        # ours, default 1; TRL pads the whole batch to its longest completion).
+        length_chunks=settings["length_chunks"],
     )
     trainer = GRPOTrainer(policy, tokenizer, config)
     torch.set_num_threads(1)

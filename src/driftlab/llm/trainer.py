@@ -58,7 +58,7 @@ from driftlab.core.config import (
 from driftlab.core.metrics import MetricsLogger
 from driftlab.core.progress import progress
 from driftlab.llm import distributed
-from driftlab.llm.generation import generate, sequence_log_probs
+from driftlab.llm.generation import decode_completions, generate, sequence_log_probs
 from driftlab.llm.rewards import RewardFunction, combine_rewards
 from driftlab.llm.sft import greedy_completions
 from driftlab.llm.tasks import TASKS, Problem, Task, get_task
@@ -111,6 +111,13 @@ class RLConfig:
     - AdamW with ``lr`` (linear warm-up over ``warmup_steps`` iterations, then constant),
       ``weight_decay``; gradients clipped to norm ``grad_clip``.
     - ``beta``: the KL coefficient; 0 turns the reference model off (no forward pass).
+    - ``length_chunks``: the reference and policy log-prob passes run the batch's rows in
+      this many passes of similar completion length, each trimmed to its own longest prompt
+      and completion (:func:`~driftlab.llm.generation.sequence_log_probs`); the loss and
+      gradient are unchanged up to float rounding (1, the default, is one pass). 2 saves
+      10-20% of a step on Hugging Face models of some width; since a row's rounding depends
+      on its chunk's width, runs on different numbers of processes then agree to about
+      1e-5 instead of 1e-7.
     - ``reward_weights``: one weight per task reward function (correctness, then format);
       ``None`` is correctness alone.
     - ``eval_every``, ``log_every``, ``checkpoint_every``: iterations between evaluations,
@@ -132,6 +139,7 @@ class RLConfig:
     mu: int = 1
     minibatch_size: int | None = None
     beta: float = 0.0
+    length_chunks: int = 1
     reward_weights: list[float] | None = None
     train_size: int = 2000
     eval_every: int = 0
@@ -173,6 +181,7 @@ class RLConfig:
                     f"(groups stay whole), got {self.minibatch_size}"
                 )
         check_nonnegative("beta", self.beta)
+        check_int("length_chunks", self.length_chunks, minimum=1)
         if self.reward_weights is not None:
             if not isinstance(self.reward_weights, list | tuple) or not self.reward_weights:
                 raise ConfigError(
@@ -484,8 +493,9 @@ class RLTrainer(ABC):
         may create its extra models after ``__init__``)."""
         if self._optimizer is None:
             c = self.config
+            # fused: one kernel for all parameters (transformers' default adamw_torch_fused).
             self._optimizer = torch.optim.AdamW(
-                self.parameters_to_train(), lr=c.lr, weight_decay=c.weight_decay
+                self.parameters_to_train(), lr=c.lr, weight_decay=c.weight_decay, fused=True
             )
         return self._optimizer
 
@@ -512,10 +522,7 @@ class RLTrainer(ABC):
         return rewards_t, correct
 
     def decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
-        return [
-            self.tokenizer.decode(row[mask.bool()])
-            for row, mask in zip(completion_ids, completion_mask, strict=True)
-        ]
+        return decode_completions(self.tokenizer, completion_ids, completion_mask)
 
     @torch.no_grad()
     def collect(self, problems: list[Problem]) -> Experience:
@@ -559,6 +566,7 @@ class RLTrainer(ABC):
                 rollout.completion_ids,
                 rollout.completion_mask,
                 temperature=c.temperature,
+                chunks=c.length_chunks,
             )
         self._generation_time += time.perf_counter() - start
         self._sampled.append((rewards, correct, rollout.lengths))
@@ -641,6 +649,7 @@ class RLTrainer(ABC):
             exp.completion_mask,
             temperature=self.config.temperature,
             return_entropy=True,
+            chunks=self.config.length_chunks,
         )
 
     def update(self, exp: Experience, global_groups: int | None = None) -> dict[str, float]:
