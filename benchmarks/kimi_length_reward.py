@@ -12,11 +12,11 @@ Usage: ``python benchmarks/kimi_length_reward.py --seeds 0 1 2 --steps 200 --wei
 
 Measured (3 seeds, 200 iterations, weight 0.5 after 50): correct answers 0.8% longer, 0.6%
 and 4.0% shorter, at -7, +1 and +14 points of accuracy: far from the issue's 20% for at most
-2 points. On this task every correct answer has the same length (the warm-up taught one
-deterministic step-by-step format, and no shorter correct answer is ever sampled), so within
-a group the length reward separates only wrong answers (long, malformed ones get
-``min(0, lambda) < 0``): it shortens wrong answers (mean length 22.3 -> 18.3 on seed 2), not
-correct ones.
+2 points. A likely reason: the warm-up taught one deterministic step-by-step format, so the
+correct answers to a problem all have the same length unless the policy samples a different
+format, and the length reward then separates mainly the wrong answers of a group (long,
+malformed ones get ``min(0, lambda) < 0``): it shortened all answers (mean length 22.3 ->
+18.3 on seed 2) far more than the correct ones.
 """
 
 from __future__ import annotations
