@@ -10,9 +10,9 @@ Prints one JSON line per seed and appends it to ``benchmarks/results/kimi_length
 Usage: ``python benchmarks/kimi_length_reward.py --seeds 0 1 2 --steps 200 --weight 0.5
 --warmup 50``.
 
-Measured (3 seeds, 200 iterations, weight 0.5 after 50): correct answers 0.8% longer, 0.6%
-and 4.0% shorter, at -7, +1 and +14 points of accuracy: far from the issue's 20% for at most
-2 points. A likely reason: the warm-up taught one deterministic step-by-step format, so the
+Measured (3 seeds, 200 iterations, weight 0.5 after 50), against the run without: correct
+answers 0.8% longer, 0.6% and 4.0% shorter, with accuracy +7, -1 and -14 points; far from
+the issue's 20% shorter for at most 2 points lost. A likely reason: the warm-up taught one deterministic step-by-step format, so the
 correct answers to a problem all have the same length unless the policy samples a different
 format, and the length reward then separates mainly the wrong answers of a group (long,
 malformed ones get ``min(0, lambda) < 0``): it shortened all answers (mean length 22.3 ->
