@@ -302,16 +302,19 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
     g = run.grid
     x_hat = x / g.s[0]
     D_prev: torch.Tensor | None = None
+    recording = run.trajectory is not None
     for i, (level, (w, ratio)) in enumerate(zip(run.levels, _dpmpp_2m_weights(g), strict=True)):
         D = level(x_hat)
         if ratio == 0.0:  # the last step, to sigma = 0
             x_hat = D
+        elif D_prev is None:
+            x_hat = torch.lerp(D, x_hat, ratio)  # D + ratio (x_hat - D)
         else:
-            D_step = D if D_prev is None else torch.lerp(D_prev, D, w)
-            x_hat = torch.lerp(D_step, x_hat, ratio)  # D_step + ratio (x_hat - D_step)
+            x_hat = torch.lerp(D_prev, D, w).lerp_(x_hat, ratio)
         D_prev = D
-        run.record(x_hat, g.s[i + 1])
-    return x_hat * g.s[-1]
+        if recording:
+            run.record(x_hat, g.s[i + 1])
+    return x_hat if g.s[-1] == 1.0 else x_hat * g.s[-1]
 
 
 # ----- samplers on x_hat and sigma alone -----------------------------------------------------
