@@ -597,11 +597,6 @@ class KimiTrainer(RLTrainer):
             metrics["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1.0))
         return loss, metrics
 
-    def _sampling_metrics(self) -> dict[str, float]:
-        if self.config.rollout_budget is not None and self._completed_groups == 0:
-            return {}  # every completion was cut by the budget: nothing was scored
-        return super()._sampling_metrics()
-
     def update(self, exp: Experience, global_groups: int | None = None) -> dict[str, float]:
         metrics: dict[str, float] = {
             "pending_groups": float(len(self.pending)),

@@ -725,16 +725,20 @@ class RLTrainer(ABC):
     def _sampling_metrics(self) -> dict[str, float]:
         """Reward, accuracy, zero-std groups and length over everything sampled this
         iteration, on all processes."""
-        rewards = torch.cat([r for r, _, _ in self._sampled])
-        correct = torch.cat([c for _, c, _ in self._sampled])
-        lengths = torch.cat([n for _, _, n in self._sampled]).to(torch.float64)
-        gathered = distributed.gather_objects(
-            list(zip(rewards.tolist(), correct.tolist(), lengths.tolist(), strict=True))
-        )
-        r, a, n = torch.tensor(gathered, dtype=torch.float64).unbind(dim=1)
-        grouped = r.reshape(-1, self.config.group_size)
+        local = [
+            triple
+            for rewards, correct, lengths in self._sampled
+            for triple in zip(
+                rewards.tolist(), correct.tolist(), lengths.double().tolist(), strict=True
+            )
+        ]
+        gathered = distributed.gather_objects(local)
         total_time = torch.tensor([self._generation_time], dtype=torch.float64)
         distributed.all_reduce_(total_time, "max")
+        if not gathered:  # nothing was scored (e.g. every partial rollout was carried over)
+            return {}
+        r, a, n = torch.tensor(gathered, dtype=torch.float64).unbind(dim=1)
+        grouped = r.reshape(-1, self.config.group_size)
         return {
             "reward_mean": float(r.mean()),
             "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
