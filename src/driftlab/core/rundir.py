@@ -27,6 +27,20 @@ def write_json(path: str | Path, payload: Any) -> None:
     tmp.replace(path)
 
 
+def check_resume(run_dir: str | Path, algorithm: str, given: list[str]) -> None:
+    """Refuse ``--resume`` with options that would change a saved run (``given``: the flags
+    the user passed), or on a run directory of another algorithm."""
+    if given:
+        raise ConfigError(
+            f"--resume continues the run's saved configuration; drop {', '.join(given)}"
+        )
+    saved = Path(run_dir) / "config.json"
+    if saved.exists():
+        name = json.loads(saved.read_text(encoding="utf-8")).get("algorithm")
+        if name != algorithm:
+            raise ConfigError(f"{str(run_dir)!r} is a {name} run, not {algorithm}")
+
+
 class RunDir:
     """One run's directory. Use as a context manager to record how the run ended."""
 

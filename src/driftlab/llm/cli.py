@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from driftlab.core.config import ConfigError, check_int
-from driftlab.core.rundir import RunDir, write_json
+from driftlab.core.rundir import RunDir, check_resume, write_json
 from driftlab.llm import distributed
 
 MODEL = "model"  # the policy's file stem inside a run directory (model.safetensors + model.json)
@@ -337,15 +337,7 @@ def _train(args: argparse.Namespace) -> None:
             )
             if value
         ]
-        if given:
-            raise ConfigError(
-                f"--resume continues the run's saved configuration; drop {', '.join(given)}"
-            )
-        saved = Path(run_dir) / "config.json"
-        if saved.exists():
-            name = json.loads(saved.read_text(encoding="utf-8")).get("algorithm")
-            if name != args.algo:
-                raise ConfigError(f"{run_dir!r} is a {name} run, not {args.algo}")
+        check_resume(run_dir, args.algo, given)
         run = _create_run_everywhere(run_dir, {}, resume=True)
         config = run.config
         logger = _main_logger(run)

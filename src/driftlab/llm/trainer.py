@@ -33,9 +33,6 @@ import copy
 import hashlib
 import importlib
 import math
-import signal
-import sys
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -55,6 +52,7 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
+from driftlab.core.interrupt import DeferredInterrupt
 from driftlab.core.metrics import MetricsLogger
 from driftlab.core.progress import progress
 from driftlab.llm import distributed
@@ -342,32 +340,6 @@ def _seed_of(*parts: Any) -> int:
     """A 63-bit seed from a tuple of values (stable across runs and processes)."""
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
-
-
-class _DeferredInterrupt:
-    """Ctrl-C during training finishes the current iteration, so the checkpoint written then
-    holds a state between iterations (a resume continues exactly); a second Ctrl-C stops
-    at once. Only where Python's own SIGINT handler is active in the main thread."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 class RLTrainer(ABC):
@@ -785,7 +757,7 @@ class RLTrainer(ABC):
             disable=not (show_progress and distributed.is_main()),
             unit="step",
         )
-        interrupt = _DeferredInterrupt()
+        interrupt = DeferredInterrupt()
         try:
             while self.step_count < target:
                 metrics = self.step()

@@ -16,9 +16,6 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-import signal
-import sys
-import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
@@ -31,6 +28,7 @@ from torch import nn
 
 from driftlab.core.checkpoint import load_checkpoint, save_checkpoint
 from driftlab.core.config import ConfigError, check_choice, check_int
+from driftlab.core.interrupt import DeferredInterrupt
 from driftlab.core.metrics import MetricsLogger
 from driftlab.core.progress import progress
 from driftlab.core.seeding import seed_everything
@@ -51,33 +49,6 @@ ALGORITHM_CLASSES = {
 }
 ALGORITHM_NAMES = {module: module for module in ALGORITHM_CLASSES.values()}
 ALGORITHMS: dict[str, type[Algorithm]] = {}  # filled as algorithm modules are imported
-
-
-class _DeferredInterrupt:
-    """Ctrl-C during ``learn`` finishes the current iteration first, so that the checkpoint
-    written on Ctrl-C holds a state between iterations (one a resume continues exactly); a
-    second Ctrl-C stops at once. Only where Python's own SIGINT handler is active in the
-    main thread; anywhere else nothing changes."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -222,7 +193,7 @@ class Algorithm(ABC):
         next_log = start + log_every
         next_checkpoint = start + checkpoint_every if checkpoint_every else math.inf
         bar = progress(total=total_steps, desc=self.name, disable=not show_progress, unit="step")
-        interrupt = _DeferredInterrupt()
+        interrupt = DeferredInterrupt()
         try:
             while self.num_steps < self.target_steps:
                 before = self.num_steps

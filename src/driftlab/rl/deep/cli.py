@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driftlab.core.config import ConfigError, check_int
-from driftlab.core.rundir import RunDir, write_json
+from driftlab.core.rundir import RunDir, check_resume, write_json
 
 MODEL = "model"  # checkpoint stem inside a run directory
 
@@ -119,15 +119,7 @@ def run_train(args: argparse.Namespace) -> None:
             for k in ("set", "steps", "n_envs", "eval_episodes")
             if getattr(args, k)
         ]
-        if given:
-            raise ConfigError(
-                f"--resume continues the run's saved configuration; drop {', '.join(given)}"
-            )
-        saved = Path(run_dir) / "config.json"
-        if saved.exists():
-            name = json.loads(saved.read_text(encoding="utf-8")).get("algorithm")
-            if name != args.algo:
-                raise ConfigError(f"{run_dir!r} is a {name} run, not {args.algo}")
+        check_resume(run_dir, args.algo, given)
         run = RunDir.create(run_dir, {}, resume=True)
         config = run.config
         if (run.path / f"{MODEL}.json").exists():
