@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from driftlab.llm import CharTokenizer, get_task
+from driftlab.llm import get_task
 
 SETTINGS: dict[str, Any] = {
     "task": "addition",
@@ -91,37 +91,18 @@ def build_model(directory: Path, settings: dict[str, Any]) -> None:
     :class:`~driftlab.llm.tokenizer.CharTokenizer`) and adds ``<bos>`` in front, so TRL's
     ``tokenizer(prompts)`` and driftlab's ``HFTokenizer.batch_encode`` give the same ids.
     """
-    import tokenizers
-    import transformers
+    from driftlab.llm.hf import char_gpt2, save_char_tokenizer
 
-    char = CharTokenizer()
-    vocab = {token: i for i, token in enumerate(char.vocab)}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Split(
-        tokenizers.Regex(r"<answer>|</answer>|[\s\S]"), behavior="isolated"
-    )
-    backend.post_processor = tokenizers.processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", char.bos_id)]
-    )
-    backend.decoder = tokenizers.decoders.Fuse()
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    ).save_pretrained(directory)
+    save_char_tokenizer(directory, prepend_bos=True)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
+    model = char_gpt2(
         n_layer=settings["layers"],
         n_head=settings["heads"],
         n_embd=settings["width"],
-        vocab_size=len(vocab),
         n_positions=128,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=char.bos_id,
-        eos_token_id=char.eos_id,
-        pad_token_id=char.pad_id,
+        dropout=0.0,
     )
-    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    model.save_pretrained(directory)
 
 
 def prompt_problems(settings: dict[str, Any], steps: int, seed: int) -> list[dict]:

@@ -232,21 +232,11 @@ def test_policies_without_row_selection_decode_every_row():
 
 
 def test_hf_policy_drops_finished_rows_bit_identically():
-    transformers = pytest.importorskip("transformers")
-    from driftlab.llm.hf import HFPolicy
+    pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy, char_gpt2
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        vocab_size=TOK.vocab_size,
-        n_positions=64,
-        bos_token_id=TOK.bos_id,
-        eos_token_id=TOK.eos_id,
-        pad_token_id=TOK.pad_id,
-    )
-    model = transformers.GPT2LMHeadModel(config).eval()
+    model = char_gpt2(n_layer=2, n_head=2, n_embd=32, n_positions=64).eval()
     with torch.no_grad():
         model.transformer.wte.weight[TOK.eos_id] *= 8
     policy = HFPolicy(model)

@@ -246,21 +246,11 @@ def test_variants_take_a_step(options):
 
 
 def test_full_step_through_a_tiny_hugging_face_gpt2():
-    transformers = pytest.importorskip("transformers")
-    from driftlab.llm.hf import HFPolicy
+    pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy, char_gpt2
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        vocab_size=TOK.vocab_size,
-        n_positions=48,
-        bos_token_id=TOK.bos_id,
-        eos_token_id=TOK.eos_id,
-        pad_token_id=TOK.pad_id,
-    )
-    policy = HFPolicy(transformers.GPT2LMHeadModel(config))
+    policy = HFPolicy(char_gpt2(n_layer=1, n_head=2, n_embd=16, n_positions=48))
     before = [p.detach().clone() for p in policy.parameters()]
     config = GRPOConfig(**SMALL, beta=0.04, lr=0.01)
     t = GRPOTrainer(policy, TOK, config, reward_functions=[length_reward])

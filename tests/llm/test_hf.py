@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from driftlab.llm.generation import generate, sequence_log_probs  # noqa: E402
-from driftlab.llm.hf import HFPolicy, load_hf_policy  # noqa: E402
+from driftlab.llm.hf import HFPolicy, char_gpt2, load_hf_policy, save_char_tokenizer  # noqa: E402
 from driftlab.llm.tokenizer import CharTokenizer  # noqa: E402
 
 CHAR = CharTokenizer()
@@ -19,28 +19,9 @@ PROMPTS = ["12+3=\n", "1+2=\n", "99+99=\n"]
 def local_model(tmp_path_factory):
     """A GPT-2 with 2 layers and our character vocabulary, as files in a local directory."""
     path = tmp_path_factory.mktemp("tiny-gpt2")
-    vocab = {token: i for i, token in enumerate(CHAR.vocab)}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    # One token per character, except the answer tags, as in CharTokenizer.
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Split(
-        tokenizers.Regex(r"<answer>|</answer>|[\s\S]"), behavior="isolated"
-    )
-    backend.decoder = tokenizers.decoders.Fuse()
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    ).save_pretrained(path)
+    save_char_tokenizer(path)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        vocab_size=len(vocab),
-        n_positions=64,
-        bos_token_id=CHAR.bos_id,
-        eos_token_id=CHAR.eos_id,
-        pad_token_id=CHAR.pad_id,
-    )
-    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    char_gpt2(n_layer=2, n_head=2, n_embd=32, n_positions=64).save_pretrained(path)
     return path
 
 

@@ -305,24 +305,14 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_kimi_steps_with_partial_rollouts_on_a_hugging_face_gpt2():
-    transformers = pytest.importorskip("transformers")
-    from driftlab.llm.hf import HFPolicy
+    pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy, char_gpt2
     from driftlab.llm.kimi import KimiConfig, KimiTrainer
     from driftlab.llm.tokenizer import CharTokenizer
 
     tokenizer = CharTokenizer()
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        vocab_size=tokenizer.vocab_size,
-        n_positions=64,
-        bos_token_id=tokenizer.bos_id,
-        eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id,
-    )
-    policy = HFPolicy(transformers.GPT2LMHeadModel(config))
+    policy = HFPolicy(char_gpt2(n_layer=1, n_head=2, n_embd=32, n_positions=64))
     before = [p.detach().clone() for p in policy.parameters()]
     settings = dict(task="addition", task_options={"digits": 1}, prompts_per_step=2, group_size=2)
     trainer = KimiTrainer(

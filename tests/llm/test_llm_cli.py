@@ -294,24 +294,12 @@ def test_train_a_local_hugging_face_model(tmp_path: Path, capsys: pytest.Capture
     vocabulary (built here, nothing downloaded); the run saves it as ``hf_model/`` and
     ``eval`` reloads it and reproduces the accuracy."""
     transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
-    char = CharTokenizer()
+    from driftlab.llm.hf import char_gpt2, save_char_tokenizer
+
     source = tmp_path / "gpt2"
-    vocab = {token: i for i, token in enumerate(char.vocab)}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Split(
-        tokenizers.Regex(r"<answer>|</answer>|[\s\S]"), behavior="isolated"
-    )
-    backend.decoder = tokenizers.decoders.Fuse()
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    ).save_pretrained(source)
+    save_char_tokenizer(source)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=1, n_head=2, n_embd=16, vocab_size=len(vocab), n_positions=32,
-        bos_token_id=char.bos_id, eos_token_id=char.eos_id, pad_token_id=char.pad_id,
-    )  # fmt: skip
-    transformers.GPT2LMHeadModel(config).save_pretrained(source)
+    char_gpt2(n_layer=1, n_head=2, n_embd=16, n_positions=32).save_pretrained(source)
     run = tmp_path / "run"
     code, _, err = run_cli(
         capsys, "llm", "train", "grpo", *TASK, "--hf-model", str(source), *GRPO,

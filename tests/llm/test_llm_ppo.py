@@ -351,21 +351,11 @@ def test_exact_resume(tmp_path, value_model):
 
 @pytest.mark.parametrize("value_model", ["separate", "head"])
 def test_ppo_step_on_a_hugging_face_policy(value_model):
-    transformers = pytest.importorskip("transformers")
-    from driftlab.llm.hf import HFPolicy
+    pytest.importorskip("transformers")
+    from driftlab.llm.hf import HFPolicy, char_gpt2
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        vocab_size=TOK.vocab_size,
-        n_positions=64,
-        bos_token_id=TOK.bos_id,
-        eos_token_id=TOK.eos_id,
-        pad_token_id=TOK.pad_id,
-    )
-    policy = HFPolicy(transformers.GPT2LMHeadModel(config)).eval()
+    policy = HFPolicy(char_gpt2(n_layer=2, n_head=2, n_embd=32, n_positions=64)).eval()
     ids = torch.randint(3, TOK.vocab_size, (2, 6))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0

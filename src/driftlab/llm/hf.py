@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from driftlab.llm.tokenizer import pad_sequences
+from driftlab.llm.tokenizer import CharTokenizer, pad_sequences
 
 
 def _require_transformers() -> Any:
@@ -188,3 +188,52 @@ def load_hf_policy(
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return HFPolicy(model.eval()), HFTokenizer(tokenizer)
+
+
+def save_char_tokenizer(directory: str | Path, prepend_bos: bool = False) -> None:
+    """Save :class:`~driftlab.llm.tokenizer.CharTokenizer`'s vocabulary as a Hugging Face fast
+    tokenizer in ``directory``: one token per character, the answer tags one token each, the
+    same ids. With ``prepend_bos`` the tokenizer's own call adds ``<bos>`` in front (what
+    libraries that call ``tokenizer(prompts)`` need to see the prompts driftlab encodes)."""
+    transformers = _require_transformers()
+    import tokenizers
+
+    char = CharTokenizer()
+    vocab = {token: i for i, token in enumerate(char.vocab)}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Split(
+        tokenizers.Regex(r"<answer>|</answer>|[\s\S]"), behavior="isolated"
+    )
+    if prepend_bos:
+        backend.post_processor = tokenizers.processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", char.bos_id)]
+        )
+    backend.decoder = tokenizers.decoders.Fuse()
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    ).save_pretrained(directory)
+
+
+def char_gpt2(
+    n_layer: int = 2, n_head: int = 2, n_embd: int = 32, n_positions: int = 64, dropout: float = 0.1
+) -> nn.Module:
+    """A GPT-2 (``transformers.GPT2LMHeadModel``) over CharTokenizer's vocabulary, initialised
+    from torch's global generator (seed it first): a Hugging Face architecture for the
+    built-in tasks without a download. Save it with ``save_pretrained`` beside
+    :func:`save_char_tokenizer` and load both with :func:`load_hf_policy`."""
+    transformers = _require_transformers()
+    char = CharTokenizer()
+    config = transformers.GPT2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        vocab_size=char.vocab_size,
+        n_positions=n_positions,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=char.bos_id,
+        eos_token_id=char.eos_id,
+        pad_token_id=char.pad_id,
+    )
+    return transformers.GPT2LMHeadModel(config)
