@@ -200,7 +200,10 @@ def test_existing_run_dir_is_never_replaced(
         (["train", "grpo", "--set", "lr"], "--set takes KEY=VALUE, got 'lr'"),
         (["train", "grpo", "--set", "group_size=1"], "group_size must be >= 2, got 1"),
         (["train", "sac"], "unknown algorithm 'sac'; allowed: grpo, ppo, kimi"),
-        (["train", "grpo"], "give exactly one of --init RUN_OR_MODEL and --hf-model LOCAL_DIR"),
+        (
+            ["train", "grpo", "--init", "a", "--hf-model", "b"],
+            "give exactly one of --init RUN_OR_MODEL and --hf-model LOCAL_DIR",
+        ),
         (["train", "grpo", "--init", "missing"], "no saved model at 'missing'"),
         (["train", "grpo", "--task", "chess"], "task must be one of"),
         (["train", "grpo", "--resume", "--set", "lr=1"], "drop --set"),
@@ -338,3 +341,37 @@ def test_demo_stage_reports_accuracy_before_and_after(tmp_path: Path) -> None:
     assert (tmp_path / "grpo" / "checkpoint.json").exists()
     records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [1]
+
+
+def test_train_without_init_warms_up_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``driftlab llm train grpo --task addition`` with neither --init nor --hf-model warms a
+    TransformerLM up by SFT (here shortened to 5 steps), saves it as ``warmup.*`` in the run
+    and trains from it: the run's starting weights are that model's, and equal to a warm-up
+    made directly with the same seed."""
+    from driftlab.llm import demo
+    from driftlab.llm.cli import warm_up
+
+    monkeypatch.setitem(demo.SFT, "steps", 5)
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        capsys, "llm", "train", "grpo", *TASK, *GRPO, "--steps", "1", "--run-dir", str(run)
+    )
+    assert code == 0, err
+    assert "warming up a TransformerLM by SFT" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["source"]["init"] == str((run / "warmup").resolve())
+    assert "warm_up" in config["source"]
+    options = {"digits": 1, "chain_of_thought": False}
+    warm_up("addition", options, 0, tmp_path / "direct")
+    saved, direct = load_model(run / "warmup"), load_model(tmp_path / "direct")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(saved.state_dict().values(), direct.state_dict().values(), strict=True)
+    )
+    trained = load_model(run / "model")
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(saved.state_dict().values(), trained.state_dict().values(), strict=True)
+    )

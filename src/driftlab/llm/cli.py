@@ -226,6 +226,30 @@ def load_run_policy(run: Path) -> tuple[Any, Any]:
     return load_model(_model_stem(run)), CharTokenizer()
 
 
+WARMUP = "warmup"
+"""Model stem, in a train run, of the warm-up made when neither --init nor --hf-model is given."""
+
+
+def warm_up(task_name: str, task_options: dict[str, Any], seed: int, stem: Path) -> None:
+    """A :class:`TransformerLM` of ``driftlab llm sft``'s default size warmed up by SFT with the
+    demo's settings (:data:`driftlab.llm.demo.SFT`: partly competent on 2-digit addition),
+    saved at ``stem``; deterministic for a seed, so every process, and a resume, gets the
+    same one."""
+    from driftlab.core.seeding import seed_everything
+    from driftlab.llm.demo import SFT
+    from driftlab.llm.model import TransformerConfig, TransformerLM, save_model
+    from driftlab.llm.sft import SFTConfig, sft
+    from driftlab.llm.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer()
+    seed_everything(seed)
+    model = TransformerLM(TransformerConfig(**SFT_MODEL, vocab_size=tokenizer.vocab_size))
+    sft(model, tokenizer, make_task(task_name, task_options), SFTConfig(seed=seed, **SFT))
+    if distributed.is_main():
+        save_model(stem, model)
+    distributed.barrier()
+
+
 # ----- sft ------------------------------------------------------------------------------------
 def run_sft(args: argparse.Namespace) -> None:
     import torch
@@ -349,10 +373,12 @@ def _train(args: argparse.Namespace) -> None:
         if args.steps is not None:
             values["steps"] = args.steps
         trainer_config = build_config(cls.config_class, values, args.algo)
-        policy, tokenizer, source = load_policy(args.init, args.hf_model)
-        # Every rank starts from rank 0's weights (they are equal when loaded from one file;
-        # this also covers a model whose loading draws random numbers).
-        distributed.broadcast_parameters_(list(policy.parameters()))
+        warm = args.init is None and args.hf_model is None
+        if warm:  # checked before the run directory exists
+            warm_stem = Path(run_dir).resolve() / WARMUP
+            source = {"init": str(warm_stem), "warm_up": "sft, driftlab.llm.demo.SFT"}
+        else:
+            policy, tokenizer, source = load_policy(args.init, args.hf_model)
         config = {
             "command": "llm train",
             "algorithm": args.algo,
@@ -363,6 +389,14 @@ def _train(args: argparse.Namespace) -> None:
             "world_size": distributed.world_size(),
         }
         run = _create_run_everywhere(run_dir, config, overwrite=args.overwrite)
+        if warm:
+            if distributed.is_main():
+                print(f"no --init or --hf-model: warming up a TransformerLM by SFT on {args.task}")
+            warm_up(args.task, values["task_options"], args.seed, warm_stem)
+            policy, tokenizer, _ = load_policy(init=str(warm_stem))
+        # Every rank starts from rank 0's weights (they are equal when loaded from one file;
+        # this also covers a model whose loading draws random numbers).
+        distributed.broadcast_parameters_(list(policy.parameters()))
         logger = _main_logger(run)
         trainer = cls(policy, tokenizer, trainer_config, run_dir=run.path, logger=logger)
     try:
@@ -413,6 +447,14 @@ def _resume_trainer(cls: type, run: RunDir, config: dict[str, Any], logger: Any)
         _drop_records_after(run.path / "metrics.jsonl", trainer.step_count)
         return trainer
     if policy is None:
+        if "warm_up" in source and not Path(source["init"] + ".json").exists():
+            trainer_values = config["trainer"]
+            warm_up(
+                trainer_values["task"],
+                trainer_values["task_options"],
+                trainer_values["seed"],
+                Path(source["init"]),
+            )
         policy, tokenizer, _ = load_policy(init=source["init"])
     trainer_config = build_config(cls.config_class, config["trainer"], config["algorithm"])
     _drop_records_after(run.path / "metrics.jsonl", 0)
@@ -606,7 +648,8 @@ def add_parser(families: argparse._SubParsersAction, formatter: type) -> None:
     train.add_argument(
         "--init", default=None, metavar="RUN_OR_MODEL",
         help="the starting policy: a run directory of driftlab llm sft (or train), or a model "
-        "stem (path of model.json without .json); or give --hf-model instead",
+        "stem (path of model.json without .json); or give --hf-model instead; with neither, "
+        "a TransformerLM is first warmed up by SFT (the demo's settings)",
     )  # fmt: skip
     train.add_argument(
         "--hf-model", default=None, metavar="LOCAL_DIR",
