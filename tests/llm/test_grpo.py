@@ -6,36 +6,12 @@ import math
 
 import pytest
 import torch
+from llm_helpers import SMALL, TOK, length_reward, tiny_model
 
 from driftlab.core.config import ConfigError
 from driftlab.llm.grpo import GRPOConfig, GRPOTrainer, grpo_config, process_advantages
-from driftlab.llm.model import TransformerConfig, TransformerLM
-from driftlab.llm.tokenizer import CharTokenizer
 from driftlab.llm.trainer import Experience
 from driftlab.rl.losses import aggregate_loss
-
-TOK = CharTokenizer()
-SMALL = {
-    "task_options": {"digits": 1},
-    "prompts_per_step": 4,
-    "group_size": 4,
-    "max_new_tokens": 12,
-    "train_size": 40,
-    "eval_size": 8,
-}
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    config = TransformerConfig(
-        vocab_size=TOK.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32
-    )
-    return TransformerLM(config)
-
-
-def length_reward(prompts, completions, **fields):
-    """A reward an untrained model already varies on (its answers are never correct)."""
-    return [len(c) % 3 / 2 for c in completions]
 
 
 def trainer(**options):

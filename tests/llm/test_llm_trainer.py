@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from llm_helpers import SMALL, TOK, length_reward, tiny_model
 
 from driftlab.core.config import ConfigError
 from driftlab.llm import distributed
 from driftlab.llm import trainer as trainer_module
 from driftlab.llm.generation import generate, inverse_cdf_sample
 from driftlab.llm.grpo import GRPOConfig, GRPOTrainer
-from driftlab.llm.model import TransformerConfig, TransformerLM
-from driftlab.llm.tokenizer import CharTokenizer
 from driftlab.llm.trainer import (
     STANDARD_METRICS,
     TRAINERS,
@@ -24,28 +23,6 @@ from driftlab.llm.trainer import (
     get_trainer,
     samples_table,
 )
-
-TOK = CharTokenizer()
-SMALL = {
-    "task_options": {"digits": 1},
-    "prompts_per_step": 4,
-    "group_size": 4,
-    "max_new_tokens": 12,
-    "train_size": 40,
-    "eval_size": 8,
-}
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    config = TransformerConfig(
-        vocab_size=TOK.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32
-    )
-    return TransformerLM(config)
-
-
-def length_reward(prompts, completions, **fields):
-    return [len(c) % 3 / 2 for c in completions]
 
 
 def make(run_dir=None, **options):
