@@ -1,5 +1,7 @@
 """What the trainer tests share: a tiny model, a small setting and a reward that varies."""
 
+import socket
+
 import torch
 
 from driftlab.llm.model import TransformerConfig, TransformerLM
@@ -28,3 +30,10 @@ def tiny_model(seed: int = 0) -> TransformerLM:
 def length_reward(prompts, completions, **fields):
     """A reward an untrained model already varies on (its answers are never correct)."""
     return [len(c) % 3 / 2 for c in completions]
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for a gloo process group of test processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,11 +4,11 @@ gradient averaging on two gloo processes."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from llm_helpers import free_port
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
@@ -58,12 +58,6 @@ def test_shard_rejects_uneven_splits(monkeypatch: pytest.MonkeyPatch) -> None:
         distributed.all_reduce_(torch.zeros(1), "avg")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -96,7 +90,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_two_gloo_processes(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         out = json.loads((tmp_path / f"{rank}.json").read_text())
         assert (out["rank"], out["world"]) == (rank, 2)

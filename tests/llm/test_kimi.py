@@ -1,5 +1,6 @@
 import pytest
 import torch
+from llm_helpers import free_port
 
 from driftlab.llm.kimi import (
     kimi_baseline,
@@ -369,14 +370,9 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
 def test_two_processes_equal_one_with_partial_rollouts(tmp_path):
     """Each rank continues 2 of the 4 groups; the unfinished groups and the success rates
     are shared, and the gradients averaged, so both runs take the same steps."""
-    import socket
-
     from torch import multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_distributed_worker, args=(port, str(tmp_path)), nprocs=2)
+    mp.spawn(_distributed_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "rank0.pt")
     one = _trainer(**DISTRIBUTED_OPTIONS)
     one.train(3, show_progress=False)

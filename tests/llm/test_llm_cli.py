@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from llm_helpers import free_port
 
 from driftlab.cli import main
 from driftlab.core.checkpoint import load_checkpoint
@@ -251,12 +251,6 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
             assert action.help, (verb.prog, action.dest)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes_equal_one(
     warm_up: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,7 +261,7 @@ def test_torchrun_two_processes_equal_one(
     assert run_cli(capsys, *args, "--run-dir", str(tmp_path / "one"))[0] == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launch += ["--master_port", str(_free_port()), "-m", "driftlab.cli"]
+    launch += ["--master_port", str(free_port()), "-m", "driftlab.cli"]
     result = subprocess.run(
         [*launch, *args, "--run-dir", str(tmp_path / "two")],
         capture_output=True,

@@ -2,10 +2,10 @@
 adaptive KL controller, the value model and full PPO steps on a tiny transformer."""
 
 import copy
-import socket
 
 import pytest
 import torch
+from llm_helpers import free_port
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
@@ -402,10 +402,7 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
 def test_two_processes_equal_one(tmp_path):
     """Each rank samples 2 of the 4 groups; whitening and the KL controller see the whole
     batch, and the gradients are averaged, so both runs take the same steps."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_distributed_worker, args=(port, str(tmp_path)), nprocs=2)
+    mp.spawn(_distributed_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "rank0.pt")
     one = ppo_trainer(**DISTRIBUTED_OPTIONS)
     one.train(1, show_progress=False)
