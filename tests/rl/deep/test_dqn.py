@@ -3,6 +3,8 @@ timing, truncation in the replay buffer, determinism, save/load, and a short lea
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -222,3 +224,37 @@ def test_learns_cartpole():
     algo = DQN("CartPole-v1", seed=0, hidden_sizes=(64, 64), train_freq=128, gradient_steps=64)
     algo.learn(6000, show_progress=False)
     assert algo.evaluate(episodes=10)["mean_return"] >= 100
+
+
+@pytest.mark.parametrize(("huber", "double_q"), [(True, False), (False, True)])
+def test_train_equals_autograd_on_the_loss(huber, double_q):
+    """``train``'s hand-written gradient steps equal autograd on :meth:`DQN.loss`."""
+    kwargs = {
+        **SMALL,
+        "hidden_sizes": (32, 32),
+        "learning_starts": 0,
+        "train_freq": 200,
+        "gradient_steps": 5,
+        "batch_size": 16,
+        "max_grad_norm": None,  # Adam's step hides a gradient's scale; the gradient shows it
+        "huber": huber,
+        "double_q": double_q,
+        "lr_schedule": "constant",
+    }
+    fast, reference = DQN("CartPole-v1", seed=3, **kwargs), DQN("CartPole-v1", seed=3, **kwargs)
+    for algo in (fast, reference):
+        algo.reset_envs()
+        algo.collect()
+    fast.train()
+    drawn = reference.buffer.sample(5 * 16, reference.generator)
+    for k in range(5):
+        batch = Transitions(
+            *(getattr(drawn, f.name)[16 * k : 16 * (k + 1)] for f in fields(Transitions))
+        )
+        loss, _ = reference.loss(batch)
+        reference.flat.zero_grad()
+        loss.backward()
+        reference.optimizer.step()
+    assert not torch.equal(fast.flat.param, fast.target_flat.param)
+    torch.testing.assert_close(fast.flat.param.grad, reference.flat.param.grad)
+    torch.testing.assert_close(fast.flat.param, reference.flat.param, rtol=1e-5, atol=1e-6)

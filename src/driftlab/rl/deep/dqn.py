@@ -244,7 +244,7 @@ class DQN(Algorithm):
         else:
             targets = torch.cat([self.td_target(part) for part in _row_blocks(drawn)])
             targets = targets.view(steps, batch_size)
-        loss_fn = functional.smooth_l1_loss if c["huber"] else functional.mse_loss
+        net, huber = self.q_net.net, c["huber"]
         for k in range(steps):
             if double_q:
                 with torch.no_grad():
@@ -253,16 +253,23 @@ class DQN(Algorithm):
                     )
             else:
                 target = targets[k]
-            q = self.q_net(obs[k]).gather(1, actions[k]).squeeze(1)
-            loss = loss_fn(q, target)
-            self.flat.zero_grad()
-            loss.backward()
+            # The gradient of :meth:`loss` by hand (a test checks it against autograd):
+            # d/dq(s, a) of the batch-mean Huber loss is clamp(q - y, -1, 1) / B, of the
+            # squared error 2 (q - y) / B; the other actions' values get none.
+            activations = net.activations(obs[k])
+            q = activations[-1].gather(1, actions[k]).squeeze_(1)
+            error = q - target
+            grad_q = error.clamp(-1.0, 1.0) if huber else error * 2.0
+            grad_q.div_(batch_size)
+            grad_out = torch.zeros_like(activations[-1]).scatter_(1, actions[k], grad_q[:, None])
+            net.backward(activations, grad_out)
             self.flat.clip_grad_norm(c["max_grad_norm"])
             self.optimizer.step()
         self.num_updates += steps
         self.target_stale = True
+        loss_fn = functional.smooth_l1_loss if huber else functional.mse_loss
         return {
-            "loss": float(loss.detach()),
-            "q_mean": float(q.detach().mean()),
+            "loss": float(loss_fn(q, target)),
+            "q_mean": float(q.mean()),
             "learning_rate": lr,
         }
