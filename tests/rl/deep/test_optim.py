@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -103,7 +104,8 @@ def test_save_and_load_after_flattening_keeps_views(tmp_path):
     torch.testing.assert_close(flat.param.data, expected.detach())
 
 
-def test_flat_adam_equals_torch_adam_and_resumes_exactly():
+@pytest.mark.parametrize("fused", [True, False])
+def test_flat_adam_equals_torch_adam_and_resumes_exactly(fused):
     from driftlab.rl.deep.optim import FlatAdam
 
     torch.manual_seed(0)
@@ -111,6 +113,8 @@ def test_flat_adam_equals_torch_adam_and_resumes_exactly():
     reference.load_state_dict(ours.state_dict())
     flat = FlatParameters(ours.parameters())
     optimizer = FlatAdam(flat, lr=1e-2, eps=1e-5)
+    assert optimizer.fused  # the kernel exists in the torch versions we support
+    optimizer.fused = fused  # False: the five in-place ops
     torch_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5)
     x = torch.randn(16, 4)
     for _ in range(30):
@@ -127,6 +131,7 @@ def test_flat_adam_equals_torch_adam_and_resumes_exactly():
     twin.load_state_dict(ours.state_dict())
     twin_flat = FlatParameters(twin.parameters())
     twin_optimizer = FlatAdam(twin_flat, lr=0.5)
+    twin_optimizer.fused = fused
     twin_optimizer.load_state_dict(optimizer.state_dict())
     assert twin_optimizer.param_groups[0]["lr"] == 1e-2
     for f, opt, net in ((flat, optimizer, ours), (twin_flat, twin_optimizer, twin)):
@@ -134,3 +139,4 @@ def test_flat_adam_equals_torch_adam_and_resumes_exactly():
         net(x).pow(2).sum().backward()
         opt.step()
     assert torch.equal(flat.param, twin_flat.param)
+    assert twin_optimizer.steps == optimizer.steps == 31
