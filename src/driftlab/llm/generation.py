@@ -172,7 +172,8 @@ def generate(
     # row's tokens and log-probs are those of the full batch (its own uniforms, its own cache).
     alive = torch.arange(rows, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    compact, inputs, past, length = use_cache, ids, None, 0
+    past = new_cache(policy, rows, ids.shape[1] + max_new_tokens) if use_cache else None
+    compact, inputs, length = use_cache, ids, 0
     for step in range(max_new_tokens):
         if use_cache:
             logits, past = policy(inputs, attention_mask=mask, past=past)
@@ -216,6 +217,14 @@ def generate(
         log_probs=log_probs[:, :length].contiguous(),
         group_size=group_size,
     )
+
+
+def new_cache(policy: Policy, rows: int, max_length: int) -> object | None:
+    """The policy's own empty cache for ``rows`` sequences of up to ``max_length`` tokens
+    (``policy.new_cache``, e.g. :class:`~driftlab.llm.hf.HFPolicy`'s preallocated one for
+    GPT-2), or ``None``: the policy then starts its cache on the first call."""
+    make = getattr(policy, "new_cache", None)
+    return None if make is None else make(rows, max_length)
 
 
 def select_cache_rows(policy: Policy, past: object, index: torch.Tensor) -> object | None:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from driftlab.llm.hf_decode import GPT2Decoder, StaticKVCache, gpt2_decoder
 from driftlab.llm.tokenizer import CharTokenizer, pad_sequences
 
 
@@ -39,12 +40,23 @@ class HFPolicy(nn.Module):
 
     Position ids are computed from the attention mask (``cumsum(mask) - 1``, as
     :class:`~driftlab.llm.model.TransformerLM` does), so left-padded prompts are placed like
-    unpadded ones; ``past`` is the model's own cache object, passed through untouched.
+    unpadded ones; ``past`` is the model's own cache object, passed through untouched, or,
+    for a GPT-2 decoded by :func:`~driftlab.llm.generation.generate`, the preallocated cache
+    of :meth:`new_cache`.
+
+    With ``fast_activations`` (the default) the model's ``NewGELUActivation`` modules
+    (``gelu_new``: GPT-2, GPT-J, ...) are replaced by ``transformers``' ``GELUTanh``, the same
+    function in one PyTorch kernel ("equivalent ... but much faster", equal to float
+    rounding): five elementwise passes forward, and their backward, become one. Measured on
+    a 4-layer width-128 GPT-2, a forward pass over 32 x 45 tokens took a third less time.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fast_activations: bool = True) -> None:
         super().__init__()
+        if fast_activations:
+            _replace_new_gelu(model)
         self.model = model
+        self._decoder: GPT2Decoder | None = None  # set by new_cache
         # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns).
         parameters = inspect.signature(model.forward).parameters
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
@@ -56,6 +68,8 @@ class HFPolicy(nn.Module):
         past: Any = None,
     ) -> tuple[torch.Tensor, Any]:
         length = input_ids.shape[1]
+        if isinstance(past, StaticKVCache):
+            return self._decode(input_ids, attention_mask, past), past
         if attention_mask is None:
             past_length = 0 if past is None else past.get_seq_length()
             attention_mask = torch.ones(
@@ -74,6 +88,29 @@ class HFPolicy(nn.Module):
         new_past = out.get("cache", None)
         return out.logits, out.get("past_key_values", None) if new_past is None else new_past
 
+    def new_cache(self, rows: int, max_length: int) -> StaticKVCache | None:
+        """An empty cache for decoding ``rows`` sequences of up to ``max_length`` tokens
+        with :class:`~driftlab.llm.hf_decode.GPT2Decoder` (what
+        :func:`~driftlab.llm.generation.generate` asks for), or ``None`` for models it does
+        not cover: they decode through ``transformers``' own cache."""
+        decoder = gpt2_decoder(self.model)
+        if decoder is None:
+            return None
+        self._decoder = decoder
+        return decoder.new_cache(rows, max_length)
+
+    def _decode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past: StaticKVCache
+    ) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if attention_mask is None:
+            attention_mask = torch.ones(
+                input_ids.shape[0], past.length + length, dtype=torch.long, device=input_ids.device
+            )
+        positions = attention_mask.long().cumsum(dim=1) - 1
+        positions = positions.masked_fill(attention_mask == 0, 1)[:, -length:]
+        return self._decoder(input_ids, positions, attention_mask, past)
+
     # Cache layers whose whole per-row state is keys and values, so dropping rows is exact
     # (a linear-attention or static layer keeps other state, or cannot shrink).
     _ROW_SELECTABLE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
@@ -84,6 +121,8 @@ class HFPolicy(nn.Module):
         ``DynamicCache.batch_select_indices``: how :func:`~driftlab.llm.generation.generate`
         drops finished rows while decoding. ``None`` for other cache types: generation then
         decodes every row, as before."""
+        if isinstance(past, StaticKVCache):
+            return past.select_rows(index)
         if type(past).__name__ != "DynamicCache":
             return None
         # Older transformers keep key/value lists, no layers: their selection is exact too.
@@ -116,6 +155,19 @@ class HFPolicy(nn.Module):
         from one backbone pass that also feeds a value head (for models whose logits are that
         plain projection: GPT-2, Llama, Qwen; not those that soft-cap them)."""
         return self.model.get_output_embeddings()(hidden)
+
+
+def _replace_new_gelu(model: nn.Module) -> None:
+    """Every ``NewGELUActivation`` of ``model`` becomes a ``GELUTanh`` (in place)."""
+    activations = _require_transformers().activations
+    # Named ``PytorchGELUTanh`` in older transformers releases.
+    fast = getattr(activations, "GELUTanh", None) or getattr(activations, "PytorchGELUTanh", None)
+    if fast is None:
+        return
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "NewGELUActivation":
+                setattr(parent, name, fast())
 
 
 class HFTokenizer:
