@@ -167,14 +167,21 @@ class ReplayBuffer:
     ) -> None:
         """Add one step of ``n`` environments (leading dimension ``n``)."""
         n = len(rewards)
-        index = (torch.arange(n) + self.pos) % self.capacity if n > 1 else self.pos
-        # Cast explicitly: index_put (several envs) refuses float64 where a slice would cast.
-        self.obs[index] = torch.as_tensor(obs, dtype=self.obs.dtype)
-        self.next_obs[index] = torch.as_tensor(next_obs, dtype=self.next_obs.dtype)
-        self.actions[index] = torch.as_tensor(actions, dtype=self.actions.dtype)
-        self.rewards[index] = torch.as_tensor(rewards, dtype=torch.float32)
-        self.terminated[index] = torch.as_tensor(terminated, dtype=torch.float32)
-        self.pos = (self.pos + n) % self.capacity
+        end = self.pos + n
+        index = (
+            slice(self.pos, end)
+            if end <= self.capacity
+            else np.arange(self.pos, end) % self.capacity
+        )
+        # Written through NumPy views of the tensors (casting as NumPy assignment does): a
+        # learner adds a transition per environment step, and a NumPy assignment of a few
+        # values costs a fraction of torch's indexing and tensor conversion.
+        self.obs.numpy()[index] = obs
+        self.next_obs.numpy()[index] = next_obs
+        self.actions.numpy()[index] = actions
+        self.rewards.numpy()[index] = rewards
+        self.terminated.numpy()[index] = terminated
+        self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Transitions:

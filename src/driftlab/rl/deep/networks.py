@@ -92,8 +92,9 @@ class MLP(nn.Module):
         ReLU, ``1 - h^2`` for tanh).
 
         Autograd computes the same products; a small network updated tens of thousands of
-        times spends as long in autograd's graph bookkeeping as in them (DQN's update on
-        CartPole: 30% less time this way). The first layer's input gradient is not needed
+        times spends a large share of its time in autograd's graph bookkeeping (DQN's
+        gradient step on CartPole's 256-256 network, clipping and Adam included: 410 us
+        this way, 490 us through autograd). The first layer's input gradient is not needed
         and not computed.
         """
         relu = self.activation is torch.relu
