@@ -68,8 +68,6 @@ class HFPolicy(nn.Module):
         past: Any = None,
     ) -> tuple[torch.Tensor, Any]:
         length = input_ids.shape[1]
-        if isinstance(past, StaticKVCache):
-            return self._decode(input_ids, attention_mask, past), past
         if attention_mask is None:
             past_length = 0 if past is None else past.get_seq_length()
             attention_mask = torch.ones(
@@ -78,6 +76,8 @@ class HFPolicy(nn.Module):
         # Padding positions get 1 (any valid index): their outputs are never read.
         positions = attention_mask.long().cumsum(dim=1) - 1
         positions = positions.masked_fill(attention_mask == 0, 1)[:, -length:]
+        if isinstance(past, StaticKVCache):
+            return self._decoder(input_ids, positions, attention_mask, past), past
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -98,18 +98,6 @@ class HFPolicy(nn.Module):
             return None
         self._decoder = decoder
         return decoder.new_cache(rows, max_length)
-
-    def _decode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past: StaticKVCache
-    ) -> torch.Tensor:
-        length = input_ids.shape[1]
-        if attention_mask is None:
-            attention_mask = torch.ones(
-                input_ids.shape[0], past.length + length, dtype=torch.long, device=input_ids.device
-            )
-        positions = attention_mask.long().cumsum(dim=1) - 1
-        positions = positions.masked_fill(attention_mask == 0, 1)[:, -length:]
-        return self._decoder(input_ids, positions, attention_mask, past)
 
     # Cache layers whose whole per-row state is keys and values, so dropping rows is exact
     # (a linear-attention or static layer keeps other state, or cannot shrink).
