@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -78,12 +77,6 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(a, b)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) and global batch 64 reproduces the
     single-process run with the same global batch, within float tolerance."""
@@ -99,8 +92,7 @@ def test_two_processes_equal_one(tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            "--master_addr=127.0.0.1",
+            "--standalone",  # torchrun binds its own free port
             str(script),
             str(tmp_path / "two"),
             "6",
@@ -126,8 +118,7 @@ def test_cli_under_torchrun(tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            "--master_addr=127.0.0.1",
+            "--standalone",  # torchrun binds its own free port
             "-m",
             "driftlab.cli",
             "diffusion",

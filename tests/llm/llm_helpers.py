@@ -1,6 +1,6 @@
 """What the trainer tests share: a tiny model, a small setting and a reward that varies."""
 
-import socket
+from pathlib import Path
 
 import torch
 
@@ -32,8 +32,7 @@ def length_reward(prompts, completions, **fields):
     return [len(c) % 3 / 2 for c in completions]
 
 
-def free_port() -> int:
-    """A free TCP port on this machine, for a gloo process group of test processes."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous(directory: str | Path) -> str:
+    """A gloo process group's ``init_method`` through a file in ``directory``: no TCP port to
+    pick, so no race with another process taking a port between picking and binding it."""
+    return f"file://{Path(directory).resolve() / 'rendezvous'}"

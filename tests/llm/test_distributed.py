@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_helpers import free_port
+from llm_helpers import rendezvous
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
@@ -58,11 +58,9 @@ def test_shard_rejects_uneven_splits(monkeypatch: pytest.MonkeyPatch) -> None:
         distributed.all_reduce_(torch.zeros(1), "avg")
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
         out: dict = {"rank": distributed.rank(), "world": distributed.world_size()}
         out["shard"] = distributed.shard(list(range(8)), group_size=2)
@@ -90,7 +88,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_two_gloo_processes(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, rendezvous(tmp_path), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         out = json.loads((tmp_path / f"{rank}.json").read_text())
         assert (out["rank"], out["world"]) == (rank, 2)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from llm_helpers import free_port
+from llm_helpers import rendezvous
 
 from driftlab.llm.kimi import (
     kimi_baseline,
@@ -346,11 +346,11 @@ def test_trainer_curriculum_moves_to_harder_problems_on_schedule():
 DISTRIBUTED_OPTIONS = {"rollout_budget": 5, "max_new_tokens": 10}
 
 
-def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
+def _distributed_worker(rank: int, init_method: str, out_dir: str) -> None:
     from torch import distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     try:
         trainer = _trainer(**DISTRIBUTED_OPTIONS)
         trainer.train(3, show_progress=False)
@@ -372,7 +372,7 @@ def test_two_processes_equal_one_with_partial_rollouts(tmp_path):
     are shared, and the gradients averaged, so both runs take the same steps."""
     from torch import multiprocessing as mp
 
-    mp.spawn(_distributed_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_distributed_worker, args=(rendezvous(tmp_path), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "rank0.pt")
     one = _trainer(**DISTRIBUTED_OPTIONS)
     one.train(3, show_progress=False)

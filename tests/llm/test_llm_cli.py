@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_helpers import free_port
 
 from driftlab.cli import main
 from driftlab.core.checkpoint import load_checkpoint
@@ -260,14 +259,15 @@ def test_torchrun_two_processes_equal_one(
     args = ["llm", "train", "grpo", *TASK, "--init", str(warm_up), *GRPO, "--steps", "2"]
     assert run_cli(capsys, *args, "--run-dir", str(tmp_path / "one"))[0] == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launch += ["--master_port", str(free_port()), "-m", "driftlab.cli"]
+    # --standalone: torchrun binds its own free port (none picked here to race for).
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch += ["--nproc_per_node", "2", "-m", "driftlab.cli"]
     result = subprocess.run(
         [*launch, *args, "--run-dir", str(tmp_path / "two")],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((tmp_path / "two" / "config.json").read_text())

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from llm_helpers import free_port
+from llm_helpers import rendezvous
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
@@ -384,9 +384,9 @@ def test_value_model_steps_at_its_own_learning_rate():
 DISTRIBUTED_OPTIONS = {"kl_controller": "adaptive", "beta": 0.1, "mu": 2, "minibatch_size": 8}
 
 
-def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
+def _distributed_worker(rank: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     try:
         trainer = ppo_trainer(**DISTRIBUTED_OPTIONS)
         trainer.train(1, show_progress=False)
@@ -402,7 +402,7 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
 def test_two_processes_equal_one(tmp_path):
     """Each rank samples 2 of the 4 groups; whitening and the KL controller see the whole
     batch, and the gradients are averaged, so both runs take the same steps."""
-    mp.spawn(_distributed_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_distributed_worker, args=(rendezvous(tmp_path), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "rank0.pt")
     one = ppo_trainer(**DISTRIBUTED_OPTIONS)
     one.train(1, show_progress=False)
