@@ -257,3 +257,46 @@ def test_cond_reaches_the_network_at_every_level(sampler):
         generator=torch.Generator().manual_seed(2),
     )
     assert not torch.allclose(fast, other)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "ddim", "dpmpp-2m"])
+def test_plans_kept_with_the_levels_follow_the_grid(sampler):
+    """The per-step numbers a sampler keeps with a denoiser's levels belong to one time grid:
+    the same levels (the same sigmas) under another formulation's grid, and again under the
+    first, give what a plain function denoiser gives, which keeps nothing."""
+    from driftlab.diffusion.samplers import make_grid
+
+    denoiser = _trained_mlp_denoiser()
+    plain = lambda x, sigma: denoiser(x, sigma)  # noqa: E731
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    vp = get_formulation("vp")
+    sigmas = make_grid(vp, 8).sigma
+    for formulation, options in [(vp, {}), ("edm", {"sigmas": sigmas}), (vp, {})]:
+        kept = sample(denoiser, noise, formulation, sampler, 8, **options)
+        again = sample(denoiser, noise, formulation, sampler, 8, **options)
+        fresh = sample(plain, noise, formulation, sampler, 8, **options)
+        assert torch.equal(kept, again)
+        torch.testing.assert_close(kept, fresh, rtol=1e-5, atol=1e-6)
+    if sampler in ("ddim", "dpmpp-2m"):
+        return  # written on x_hat and sigma alone: the same numbers under both grids
+    # Under VP the ODE is solved for x = s x_hat, under EDM for x_hat: other numbers.
+    assert not torch.equal(
+        sample(denoiser, noise, vp, sampler, 8),
+        sample(denoiser, noise, "edm", sampler, 8, sigmas=sigmas),
+    )
+
+
+def test_network_dtype_is_its_first_parameter_s():
+    from driftlab.diffusion.denoisers import _dtype_of
+
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_parameter("missing", None)
+            self.inner = nn.Sequential(nn.ReLU(), nn.Linear(2, 2).double(), nn.Linear(2, 2))
+
+    nets = [Own(), nn.Sequential(nn.ReLU(), nn.Linear(2, 2).half()), nn.Linear(2, 2), nn.ReLU()]
+    expected = [torch.float64, torch.float16, torch.float32, torch.float32]
+    for net, dtype in zip(nets, expected, strict=True):
+        assert _dtype_of(net) == dtype
+        assert _dtype_of(net) == next(iter(net.parameters()), torch.zeros(1)).dtype

@@ -17,8 +17,9 @@ is a denoiser that any sampler and formulation can use.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -206,7 +207,7 @@ class Level:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``D(x)``."""
-        out = self.F(x)
+        out = self.G(x if self.c_in == 1.0 else x * self.c_in)  # F(x), one call fewer
         if self.c_skip == 0.0 and self.c_out == 1.0:
             return out if out.dtype == x.dtype else out.to(x.dtype)
         # Unit coefficients (c_skip of eps, VE and score models) cost no op; add() promotes
@@ -215,17 +216,22 @@ class Level:
 
     def step(self, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """``a x + b D(x)`` as ``(a + b c_skip) x + b c_out F(x)``."""
-        return _combine(x, a + b * self.c_skip, self.F(x), b * self.c_out)
+        return combine(x, a + b * self.c_skip, self.F(x), b * self.c_out)
+
+    def scaled_coefficients(self, a: float, b: float, scale: float) -> tuple[float, float]:
+        """``(c_u, c_G)`` with ``scale (a x + b D(x)) = c_u u + c_G G(u)`` for ``x = u / c_in``:
+        the step of :meth:`step_scaled` as two numbers, which samplers compute once per grid."""
+        return scale * (a + b * self.c_skip) / self.c_in, scale * b * self.c_out
 
     def step_scaled(self, u: torch.Tensor, a: float, b: float, scale: float) -> torch.Tensor:
         """``scale (a x + b D(x))`` for ``x = u / c_in`` given as the network's input ``u``:
         a sampler whose next level has ``c_in = scale`` keeps its state as ``u`` and saves
         the scaling op of every network call."""
-        c_x = scale * (a + b * self.c_skip) / self.c_in
-        return _combine(u, c_x, self.G(u), scale * b * self.c_out)
+        c_u, c_G = self.scaled_coefficients(a, b, scale)
+        return combine(u, c_u, self.G(u), c_G)
 
 
-def _combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Tensor:
+def combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Tensor:
     """``a x + b out`` in ``x``'s dtype in one or two ops."""
     if a == 1.0:
         return torch.add(x, out, alpha=b)
@@ -234,15 +240,32 @@ def _combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Te
 
 
 def _dtype_of(net: nn.Module) -> torch.dtype:
-    for param in net.parameters():
-        return param.dtype
+    """The dtype of ``net``'s first parameter (float32 without parameters).
+
+    The modules are walked in ``parameters()``' order; its generator machinery costs a few
+    microseconds, which a sampler call on a small batch notices.
+    """
+    modules = [net]
+    while modules:
+        module = modules.pop()
+        for param in module._parameters.values():
+            if param is not None:
+                return param.dtype
+        modules.extend(m for m in reversed(module._modules.values()) if m is not None)
     return torch.float32
 
 
+class Levels(list):
+    """The :class:`Level` objects of one grid, with ``plans``: numbers that samplers derive
+    from them (per sampler and time grid), kept as long as the levels are."""
+
+    def __init__(self, levels: Iterable[Level] = ()) -> None:
+        super().__init__(levels)
+        self.plans: dict[Any, Any] = {}
+
+
 # Denoiser.at_levels' results per denoiser (held weakly) and per grid.
-_LEVELS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Level]]] = (
-    weakref.WeakKeyDictionary()
-)
+_LEVELS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Levels]] = weakref.WeakKeyDictionary()
 
 
 class Denoiser(nn.Module):
@@ -276,7 +299,7 @@ class Denoiser(nn.Module):
         raw = self.net((_expand_like(c_in, x) * x).to(dtype), c_noise.to(dtype), **cond)
         return _expand_like(c_skip, x) * x + _expand_like(c_out, x) * raw.to(x.dtype)
 
-    def at_levels(self, sigmas: Sequence[float], like: torch.Tensor) -> list[Level]:
+    def at_levels(self, sigmas: Sequence[float], like: torch.Tensor) -> Levels:
         """This denoiser at each noise level ``sigmas[i]`` as a :class:`Level`, for inputs
         shaped and typed like ``like``; each equals ``self(x_hat, sigma_i)`` up to rounding.
 
@@ -305,7 +328,7 @@ class Denoiser(nn.Module):
 
     def _make_levels(
         self, sigmas: list[float], like: torch.Tensor, net: nn.Module, dtype: torch.dtype
-    ) -> list[Level]:
+    ) -> Levels:
         sigma = torch.tensor(sigmas, dtype=like.dtype, device=like.device)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         # The network gets c_noise as forward() gives it: a contiguous [batch] tensor.
@@ -321,11 +344,14 @@ class Denoiser(nn.Module):
             # The closure holds the network, not the denoiser, so that the cache of levels
             # (keyed weakly on the denoiser) does not keep the denoiser alive.
             def G(u: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-                return net(u.to(dtype) if cast else u, c_noise, **cond)
+                return net(u, c_noise, **cond)
 
-            return G
+            def G_cast(u: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+                return net(u.to(dtype), c_noise, **cond)
 
-        return [
+            return G_cast if cast else G
+
+        return Levels(
             Level(sig, network(noise), skip, out, scale)
             for sig, skip, out, scale, noise in zip(
                 sigmas,
@@ -335,7 +361,7 @@ class Denoiser(nn.Module):
                 c_noise.unbind(0),
                 strict=True,
             )
-        ]
+        )
 
     def training_target(
         self, x0: torch.Tensor, x_hat: torch.Tensor, sigma: torch.Tensor
@@ -360,6 +386,7 @@ __all__ = [
     "PREDICTIONS",
     "Denoiser",
     "Level",
+    "Levels",
     "Preconditioning",
     "edm_preconditioning",
     "fm_preconditioning",

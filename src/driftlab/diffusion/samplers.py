@@ -39,7 +39,7 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
-from driftlab.diffusion.denoisers import Level
+from driftlab.diffusion.denoisers import Level, combine
 from driftlab.diffusion.formulations import Formulation, get_formulation
 
 DenoiserFn = Callable[..., torch.Tensor]
@@ -118,27 +118,28 @@ def _grid(formulation: Formulation, steps: int, sigmas: Any) -> Grid:
 
 
 class _Run:
-    """What one sampler call shares: the denoiser at every noise level of the grid, the noise
-    generator, the trajectory."""
+    """What one sampler call shares: the start, the denoiser at every noise level of the grid,
+    the noise generator, the trajectory."""
 
     def __init__(
         self,
         denoiser: DenoiserFn,
         grid: Grid,
-        like: torch.Tensor,
+        noise: torch.Tensor,
         generator: torch.Generator | None,
         record: bool,
         cond: dict[str, Any],
     ) -> None:
         self.denoiser = denoiser
         self.grid = grid
-        self.batch = like.shape[0]
-        self.dtype = like.dtype
-        self.device = like.device
+        self.noise = noise
+        self.batch = noise.shape[0]
+        self.dtype = noise.dtype
+        self.device = noise.device
         self.generator = generator
         self.cond = cond
         self.trajectory: list[torch.Tensor] | None = [] if record else None
-        levels = self._levels(grid.sigma[:-1], like)  # the last sigma is 0
+        levels = self.given_levels = self._levels(grid.sigma[:-1], noise)  # the last sigma is 0
         # Every sampler starts at levels[0] or at an off-grid level (see at()), so checking
         # the output there checks the denoiser once per call.
         first = self._bind(levels[0], check=True)
@@ -176,6 +177,11 @@ class _Run:
         sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
         return self._bind(Level(sigma, functools.partial(self._call, sig)), check=True)
 
+    def start(self, scale: float = 1.0) -> torch.Tensor:
+        """``scale x_0``, the start ``x_0 = s(t_0) sigma(t_0) noise`` in any units (``1 / s``
+        for ``x_hat``, ``c_in / s`` for the network's input) as one new tensor."""
+        return self.noise * (self.grid.s[0] * self.grid.sigma[0] * scale)
+
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
 
@@ -205,44 +211,118 @@ def _next_scales(run: _Run) -> list[float]:
     return [level.c_in for level in run.levels[1:]] + [1.0]
 
 
-def _euler(run: _Run, x: torch.Tensor) -> torch.Tensor:
-    """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction).
+def _plan(run: _Run, name: Any, build: Callable[[_Run], list]) -> list:
+    """The per-step numbers of sampler ``name`` on this run's grid and levels, from
+    ``build(run)``.
 
-    The step ``x' = x + h (alpha x + beta D)`` is taken in the formulation's coordinates; the
-    state is stored as the network's next input ``u = c_in x_hat`` (``x_hat = x / s``), which
-    saves two scaling ops, and the step is one linear combination of ``u`` and the network's
-    output (:meth:`Level.step_scaled`).
+    Building them is the Python arithmetic of the sampler's equations, about as costly per
+    step as the step's tensor ops on a small batch. Levels that a denoiser keeps between
+    calls (:meth:`Denoiser.at_levels`) keep the plans made on them too, per grid, so a call
+    repeated with the same grid leaves each step its network call and one or two ops.
     """
+    plans = getattr(run.given_levels, "plans", None)
+    if plans is None:  # levels made for this call only
+        return build(run)
+    # A grid is a new object when it changes; holding it in the entry keeps its id unique.
+    entry = plans.get((name, id(run.grid)))
+    if entry is None or entry[0] is not run.grid:
+        if len(plans) >= 16:  # a sweep over many grids does not pile up plans
+            plans.clear()
+        entry = plans[(name, id(run.grid))] = (run.grid, build(run))
+    return entry[1]
+
+
+def _euler_plan(run: _Run) -> list[tuple[float, float, float]]:
+    """Per step ``(c_u, c_G, to_x)``: ``u' = c_u u + c_G G(u)`` is the Euler step
+    ``x' = x + h (alpha x + beta D)`` of ``x = s x_hat`` on the state ``u = c_in x_hat``,
+    and ``to_x = s' / c_in'`` turns ``u'`` back into ``x'``."""
     g = run.grid
-    u = x * (run.levels[0].c_in / g.s[0])
+    plan = []
     for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         alpha, beta = g.ode_coefficients(i)
         h = g.t[i + 1] - g.t[i]
         s_next = g.s[i + 1]
         # x_hat' = x' / s' with x = s x_hat.
-        u = level.step_scaled(u, (1.0 + h * alpha) * g.s[i] / s_next, h * beta / s_next, scale)
-        run.record(u, s_next / scale)
-    return u * g.s[-1]
+        a, b = (1.0 + h * alpha) * g.s[i] / s_next, h * beta / s_next
+        plan.append((*level.scaled_coefficients(a, b, scale), s_next / scale))
+    return plan
 
 
-def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> torch.Tensor:
+def _euler(run: _Run) -> torch.Tensor:
+    """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction).
+
+    The step ``x' = x + h (alpha x + beta D)`` is taken in the formulation's coordinates; the
+    state is stored as the network's next input ``u = c_in x_hat`` (``x_hat = x / s``), which
+    saves two scaling ops, and the step is one linear combination of ``u`` and the network's
+    output, with coefficients from :func:`_euler_plan`.
+    """
+    g = run.grid
+    recording = run.trajectory is not None
+    u = run.start(run.levels[0].c_in / g.s[0])
+    for level, (c_u, c_G, to_x) in zip(run.levels, _plan(run, "euler", _euler_plan), strict=True):
+        u = combine(u, c_u, level.G(u), c_G)
+        if recording:
+            run.record(u, to_x)
+    return u if g.s[-1] == 1.0 else u * g.s[-1]
+
+
+# Heun's step on the state u = c_in x_hat: the predictor u' = c_u u + c_G G(u) and, when the
+# step does not end at sigma = 0, the corrector u' <- c_u2 u' + c_G2 G'(u') + c_prev u.
+_HeunStep = tuple[float, float, tuple[float, float, float] | None, float]
+
+
+def _heun_step(
+    run: _Run, i: int, level: Level, t_cur: float, s_cur: float, alpha: float, beta: float
+) -> _HeunStep:
+    """The numbers of Heun's step ``i`` from ``(t_cur, s_cur)`` (grid point ``i``, or the
+    raised one of EDM Algorithm 2) with slope ``alpha x + beta D`` there.
+
+    The trapezoidal corrector ``x + h/2 (d + d')`` is written with the predictor
+    ``x' = x + h d`` as ``(x + x' + h d') / 2``, a linear combination of ``x``, ``x'`` and
+    ``D(x')``; both are taken in units of the next level's input.
+    """
+    g = run.grid
+    scale = run.levels[i + 1].c_in if i + 1 < g.n else 1.0
+    h = g.t[i + 1] - t_cur
+    s_next = g.s[i + 1]
+    # Euler predictor x' = x + h d with the slope d = alpha x + beta D, x = s x_hat.
+    c_u, c_G = level.scaled_coefficients(
+        (1.0 + h * alpha) * s_cur / s_next, h * beta / s_next, scale
+    )
+    corrector = None
+    if i + 1 < g.n:
+        alpha2, beta2 = g.ode_coefficients(i + 1)
+        c_u2, c_G2 = run.levels[i + 1].scaled_coefficients(
+            0.5 * (1.0 + h * alpha2), 0.5 * h * beta2 / s_next, scale
+        )
+        corrector = (c_u2, c_G2, 0.5 * s_cur / s_next * scale / level.c_in)
+    return c_u, c_G, corrector, s_next / scale
+
+
+def _heun_plan(run: _Run) -> list[_HeunStep]:
+    g = run.grid
+    return [
+        _heun_step(run, i, level, g.t[i], g.s[i], *g.ode_coefficients(i))
+        for i, level in enumerate(run.levels)
+    ]
+
+
+def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
     """Heun's 2nd-order method, EDM Algorithm 1 (Algorithm 2 when ``churn`` is given), in
     general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler.
 
     As in :func:`_euler`, the steps are those of ``x = s x_hat`` but the state is the
-    network's input ``u = c_in x_hat``. The trapezoidal corrector ``x + h/2 (d + d')`` is
-    written with the predictor ``x' = x + h d`` as ``(x + x' + h d') / 2``, a linear
-    combination of ``x``, ``x'`` and ``D(x')``.
+    network's input ``u = c_in x_hat``; :func:`_heun_step` gives each step's coefficients.
     """
     g = run.grid
     formulation = churn.pop("formulation") if churn else None
-    u = x * (run.levels[0].c_in / g.s[0])
-    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
-        t_cur, t_next = g.t[i], g.t[i + 1]
-        sig_cur, s_cur, s_next = g.sigma[i], g.s[i], g.s[i + 1]
-        alpha, beta = g.ode_coefficients(i)
+    recording = run.trajectory is not None
+    plan = _plan(run, "heun", _heun_plan)
+    u = run.start(run.levels[0].c_in / g.s[0])
+    for i, (level, step) in enumerate(zip(run.levels, plan, strict=True)):
         if churn:
             # EDM Algorithm 2, lines 4-6: raise the noise level to sigma_hat = (1 + gamma) sigma.
+            sig_cur = g.sigma[i]
             gamma = 0.0
             if churn["S_min"] <= sig_cur <= churn["S_max"]:
                 gamma = min(churn["S_churn"] / g.n, math.sqrt(2.0) - 1.0)
@@ -253,45 +333,39 @@ def _heun(run: _Run, x: torch.Tensor, churn: dict[str, float] | None = None) -> 
                 std = math.sqrt(sig_hat**2 - sig_cur**2) * churn["S_noise"]
                 x_hat = u / level.c_in
                 u = torch.add(x_hat, run.randn_like(x_hat), alpha=std)
-                sig_cur, s_cur, t_cur = sig_hat, s_hat, t_hat
                 ds = float(formulation.scale_deriv(t_hat))
                 dsig = float(formulation.sigma_deriv(t_hat))
                 alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
                 level = run.at(sig_hat)  # c_in = 1: u is x_hat
-        h = t_next - t_cur
-        # Euler predictor x' = x + h d with the slope d = alpha x + beta D, x = s x_hat.
-        u_next = level.step_scaled(u, (1.0 + h * alpha) * s_cur / s_next, h * beta / s_next, scale)
-        if i + 1 < g.n:
-            alpha2, beta2 = g.ode_coefficients(i + 1)
-            # Corrector (x + x' + h d') / 2 with d' = alpha2 x' + beta2 D(x'); both terms in
-            # units of the next level's input.
-            half = run.levels[i + 1].step_scaled(
-                u_next, 0.5 * (1.0 + h * alpha2), 0.5 * h * beta2 / s_next, scale
-            )
-            u_next = torch.add(half, u, alpha=0.5 * s_cur / s_next * scale / level.c_in)
+                step = _heun_step(run, i, level, t_hat, s_hat, alpha, beta)
+        c_u, c_G, corrector, to_x = step
+        u_next = combine(u, c_u, level.G(u), c_G)
+        if corrector is not None:
+            c_u2, c_G2, c_prev = corrector
+            u_next = combine(u_next, c_u2, run.levels[i + 1].G(u_next), c_G2)
+            u_next.add_(u, alpha=c_prev)
         u = u_next
-        run.record(u, s_next / scale)
-    return u * g.s[-1]
+        if recording:
+            run.record(u, to_x)
+    return u if g.s[-1] == 1.0 else u * g.s[-1]
 
 
-def _dpmpp_2m_weights(grid: Grid) -> list[tuple[float, float]]:
+def _dpmpp_2m_plan(run: _Run) -> list[tuple[float, float, float]]:
     """Per step, the weight of ``D`` in the multistep combination (``1 + 1/(2r)``, 1 on the
-    first step) and the ratio ``sigma' / sigma``; kept on the grid, which is reused."""
-    weights = grid.cache.get("dpmpp-2m")
-    if weights is None:
-        sigma, weights = grid.sigma, []
-        for i in range(grid.n):
-            sig, sig_next = sigma[i], sigma[i + 1]
-            w = 1.0
-            if i > 0 and sig_next > 0:
-                r = math.log(sigma[i - 1] / sig) / math.log(sig / sig_next)
-                w = 1.0 + 0.5 / r
-            weights.append((w, sig_next / sig))
-        grid.cache["dpmpp-2m"] = weights
-    return weights
+    first step), the ratio ``sigma' / sigma`` and the next scale ``s'``."""
+    g = run.grid
+    plan = []
+    for i in range(g.n):
+        sig, sig_next = g.sigma[i], g.sigma[i + 1]
+        w = 1.0
+        if i > 0 and sig_next > 0:
+            r = math.log(g.sigma[i - 1] / sig) / math.log(sig / sig_next)
+            w = 1.0 + 0.5 / r
+        plan.append((w, sig_next / sig, g.s[i + 1]))
+    return plan
 
 
-def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
+def _dpmpp_2m(run: _Run) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in the data-prediction form on
     ``lambda = -log sigma``; the step is scale invariant, so it runs on ``x_hat``.
 
@@ -300,10 +374,11 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
     ``x_hat' = ratio x_hat + (1 - ratio) D_step`` with ``ratio = sigma' / sigma``.
     """
     g = run.grid
-    x_hat = x / g.s[0]
+    x_hat = run.start(1.0 / g.s[0])
     D_prev: torch.Tensor | None = None
     recording = run.trajectory is not None
-    for i, (level, (w, ratio)) in enumerate(zip(run.levels, _dpmpp_2m_weights(g), strict=True)):
+    plan = _plan(run, "dpmpp-2m", _dpmpp_2m_plan)
+    for level, (w, ratio, s_next) in zip(run.levels, plan, strict=True):
         D = level(x_hat)
         if ratio == 0.0:  # the last step, to sigma = 0
             x_hat = D
@@ -313,14 +388,35 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor) -> torch.Tensor:
             x_hat = torch.lerp(D_prev, D, w).lerp_(x_hat, ratio)
         D_prev = D
         if recording:
-            run.record(x_hat, g.s[i + 1])
+            run.record(x_hat, s_next)
     return x_hat if g.s[-1] == 1.0 else x_hat * g.s[-1]
 
 
 # ----- samplers on x_hat and sigma alone -----------------------------------------------------
 
 
-def _ddim(run: _Run, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
+def _ddim_plan(run: _Run, eta: float) -> list[tuple[float, float, float, float]]:
+    """Per step ``(c_u, c_G, std, to_x)``: ``u' = c_u u + c_G G(u) + std z`` on the state
+    ``u = c_in x_hat``, and ``to_x = s' / c_in'``."""
+    g = run.grid
+    plan = []
+    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
+        sig, sig_next = g.sigma[i], g.sigma[i + 1]
+        if sig_next == 0:
+            c_u, c_G = level.scaled_coefficients(0.0, 1.0, scale)  # D
+            sigma_up = 0.0
+        else:
+            sigma_up = eta * sig_next * math.sqrt(max(1.0 - sig_next**2 / sig**2, 0.0))
+            sigma_down = math.sqrt(sig_next**2 - sigma_up**2)
+            # D + sigma_down (x_hat - D) / sigma; for a VP eps-prediction network the step is
+            # a single combination of x_t and eps.
+            ratio = sigma_down / sig
+            c_u, c_G = level.scaled_coefficients(ratio, 1.0 - ratio, scale)
+        plan.append((c_u, c_G, sigma_up * scale, g.s[i + 1] / scale))
+    return plan
+
+
+def _ddim(run: _Run, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on ``x_hat = x / s``.
 
     With ``alpha_bar = 1/(1+sigma^2)`` the DDIM step becomes
@@ -330,32 +426,26 @@ def _ddim(run: _Run, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
     As in :func:`_euler`, the state is the network's input ``u = c_in x_hat``.
     """
     g = run.grid
-    u = x * (run.levels[0].c_in / g.s[0])
-    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
-        sig, sig_next = g.sigma[i], g.sigma[i + 1]
-        if sig_next == 0:
-            u = level.step_scaled(u, 0.0, 1.0, scale)  # D
-        else:
-            sigma_up = eta * sig_next * math.sqrt(max(1.0 - sig_next**2 / sig**2, 0.0))
-            sigma_down = math.sqrt(sig_next**2 - sigma_up**2)
-            # D + sigma_down (x_hat - D) / sigma; for a VP eps-prediction network the step is
-            # a single op on x_t.
-            ratio = sigma_down / sig
-            u = level.step_scaled(u, ratio, 1.0 - ratio, scale)
-            if sigma_up > 0:
-                u = torch.add(u, run.randn_like(u), alpha=sigma_up * scale)
-        run.record(u, g.s[i + 1] / scale)
-    return u * g.s[-1]
+    recording = run.trajectory is not None
+    plan = _plan(run, ("ddim", eta), functools.partial(_ddim_plan, eta=eta))
+    u = run.start(run.levels[0].c_in / g.s[0])
+    for level, (c_u, c_G, std, to_x) in zip(run.levels, plan, strict=True):
+        u = combine(u, c_u, level.G(u), c_G)
+        if std > 0:
+            u.add_(run.randn_like(u), alpha=std)
+        if recording:
+            run.record(u, to_x)
+    return u if g.s[-1] == 1.0 else u * g.s[-1]
 
 
-def _ddpm(run: _Run, x: torch.Tensor) -> torch.Tensor:
+def _ddpm(run: _Run) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): DDIM with ``eta = 1``, whose
     noise is the posterior variance ``beta_tilde`` of q(x_{t-1} | x_t, x0)."""
-    return _ddim(run, x, eta=1.0)
+    return _ddim(run, eta=1.0)
 
 
 def _euler_maruyama(
-    run: _Run, x: torch.Tensor, beta: float | Callable[[float], float] | None = None
+    run: _Run, beta: float | Callable[[float], float] | None = None
 ) -> torch.Tensor:
     """Euler-Maruyama on the reverse SDE, EDM eq. 6 in general ``(s, sigma)`` form:
 
@@ -366,6 +456,7 @@ def _euler_maruyama(
     The last step to sigma = 0 is the denoiser's mean (Song et al.'s noise removal).
     """
     g = run.grid
+    x = run.start()
     for i, level in enumerate(run.levels):
         sig, s = g.sigma[i], g.s[i]
         x_hat = x if s == 1.0 else x * (1.0 / s)
@@ -393,14 +484,14 @@ def _langevin(run: _Run, x_hat: torch.Tensor, level: Level, step: float) -> torc
     return x_hat + (0.5 * step) * score + math.sqrt(step) * noise
 
 
-def _pc(run: _Run, x: torch.Tensor, snr: float = 0.16, n_corrector: int = 1) -> torch.Tensor:
+def _pc(run: _Run, snr: float = 0.16, n_corrector: int = 1) -> torch.Tensor:
     """Predictor-corrector (Song et al. 2021, Algorithms 2-3): a Langevin corrector at each
     noise level with step ``2 (snr ||z|| / ||score||)^2`` (norms averaged over the batch),
     then the reverse-diffusion predictor
     ``x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z``, all on ``x_hat``."""
     g = run.grid
-    x_hat = x / g.s[0]
-    dims = tuple(range(1, x.ndim))
+    x_hat = run.start(1.0 / g.s[0])
+    dims = tuple(range(1, x_hat.ndim))
     for i, level in enumerate(run.levels):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
         for _ in range(n_corrector):
@@ -421,12 +512,10 @@ def _pc(run: _Run, x: torch.Tensor, snr: float = 0.16, n_corrector: int = 1) -> 
             score = (D - x_hat) / sig**2
             x_hat = x_hat + var * score + math.sqrt(var) * run.randn_like(x_hat)
         run.record(x_hat, g.s[i + 1])
-    return x_hat * g.s[-1]
+    return x_hat if g.s[-1] == 1.0 else x_hat * g.s[-1]
 
 
-def _annealed_langevin(
-    run: _Run, x: torch.Tensor, n_inner: int = 100, step_lr: float | None = None
-) -> torch.Tensor:
+def _annealed_langevin(run: _Run, n_inner: int = 100, step_lr: float | None = None) -> torch.Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): at each noise level
     ``sigma_i`` of the grid, ``n_inner`` Langevin steps of size
     ``alpha_i = step_lr sigma_i^2 / sigma_L^2``, then one denoising step at ``sigma_L``.
@@ -436,7 +525,7 @@ def _annealed_langevin(
     g = run.grid
     sigma_L = g.sigma[-2]  # the last sigma is 0
     lr = 0.2 * sigma_L**2 if step_lr is None else step_lr
-    x_hat = x / g.s[0]
+    x_hat = run.start(1.0 / g.s[0])
     for i, level in enumerate(run.levels):
         alpha = lr * level.sigma**2 / sigma_L**2
         for _ in range(n_inner):
@@ -444,12 +533,11 @@ def _annealed_langevin(
         if i == g.n - 1:
             x_hat = level(x_hat)
         run.record(x_hat, g.s[i + 1])
-    return x_hat * g.s[-1]
+    return x_hat if g.s[-1] == 1.0 else x_hat * g.s[-1]
 
 
 def _edm_stochastic(
     run: _Run,
-    x: torch.Tensor,
     formulation: Formulation,
     S_churn: float = 0.0,
     S_min: float = 0.0,
@@ -465,7 +553,7 @@ def _edm_stochastic(
         "S_max": S_max,
         "S_noise": S_noise,
     }
-    return _heun(run, x, churn)
+    return _heun(run, churn)
 
 
 # ----- registry and validation ---------------------------------------------------------------
@@ -579,17 +667,17 @@ def sample(
     dtype = options.get("dtype", torch.float64)
     grid = _grid(formulation, steps, options.get("sigmas"))
     with torch.no_grad():
-        x = noise.to(dtype) * (grid.s[0] * grid.sigma[0])
         run = _Run(
             denoiser,
             grid,
-            x,
+            noise.to(dtype),
             generator,
             bool(options.get("return_trajectory", False)),
             dict(options.get("cond") or {}),
         )
-        run.record(x)
-        x = SAMPLERS[sampler](run, x, **own)
+        if run.trajectory is not None:
+            run.record(run.start())
+        x = SAMPLERS[sampler](run, **own)
     samples = x.to(noise.dtype)
     if run.trajectory is not None:
         return samples, torch.stack(run.trajectory).to(noise.dtype)
