@@ -264,10 +264,11 @@ def markdown(records: list[dict]) -> str:
         f"diffusers {version}. Sampler time / ({nfe} x one bare network call), median over "
         "interleaved rounds of one-thread CPU time; 1.00 is the limit. 3-layer MLP "
         "(2 -> 256 -> 256 -> 2) as a DDPM epsilon model, the same object for both libraries; "
-        'driftlab wraps it in `Denoiser(net, "vp")`; its grid for a formulation object '
-        "is built on the first call and reused, diffusers' `set_timesteps` runs in every "
-        "call. glibc keeps freed memory (`mallopt`) so that batch 10,000 does not page-fault "
-        "on every network call; denormals are flushed (the untrained network drives samples "
+        'driftlab wraps it in `Denoiser(net, "vp")`; its time grid (per formulation object) '
+        "and each step's coefficients (per denoiser and grid) are computed on the first call "
+        "and reused, diffusers' `set_timesteps` runs in every call. glibc keeps freed "
+        "memory (`mallopt`) so that batch 10,000 does not page-fault on every network call; "
+        "denormals are flushed (the untrained network drives samples "
         "into SiLU's underflowing tails). Bare call: "
         + ", ".join(f"{bare[b] * 1e6:,.0f} us at batch {b:,}" for b in batches)
         + "."

@@ -4,13 +4,15 @@ Every sampler has one signature and works on any denoiser ``D(x_hat, sigma)`` an
 formulation, so a model of one formulation can be sampled in another's coordinates.
 Samplers are pure functions over a precomputed time grid (no stateful schedulers): the
 grid's coefficients are Python floats computed once (and kept for a formulation object
-sampled again with the same steps), so a step costs a few tensor ops beside the denoiser
-call. The denoiser is taken once per call at every noise level of the grid, as a
-:class:`~driftlab.diffusion.denoisers.Level` ``D(x_hat) = c_skip x_hat + c_out F(x_hat)``; a
-denoiser that offers ``at_levels(sigmas, like)`` (driftlab's ``Denoiser``) gives them with
-its preconditioning split out and computed for the whole grid at once, so that a sampler
-step ``a x_hat + b D`` folds ``c_skip`` and ``c_out`` into ``a`` and ``b``. The state is
-float64 by default, as in NVlabs/edm.
+sampled again with the same steps), each sampler's per-step numbers are derived from them
+once (and kept with the denoiser's levels, see :func:`_plan`), so a step costs its
+denoiser call and a few tensor ops. The denoiser is taken once per call at every noise level
+of the grid, as a :class:`~driftlab.diffusion.denoisers.Level`
+``D(x_hat) = c_skip x_hat + c_out F(x_hat)``; a denoiser that offers
+``at_levels(sigmas, like)`` (driftlab's ``Denoiser``) gives them with its preconditioning
+split out and computed for the whole grid at once, so that a sampler step ``a x_hat + b D``
+folds ``c_skip`` and ``c_out`` into ``a`` and ``b``. The state is float64 by default, as in
+NVlabs/edm.
 
 ODE samplers (``euler``, ``heun``, ``dpmpp-2m``) and ``edm-stochastic`` integrate in the
 formulation's own coordinates ``x = s(t) x_hat``; ``ddim``, ``ddpm``, ``pc`` and
