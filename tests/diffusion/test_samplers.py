@@ -11,6 +11,7 @@ from driftlab.diffusion import (
     sample,
     sliced_wasserstein,
 )
+from driftlab.diffusion.samplers import SAMPLERS
 
 GM = GaussianMixture.ring(n_modes=8, radius=2.0, std=0.2)
 N = 12000
@@ -215,3 +216,20 @@ def test_bad_input_is_refused(kwargs, message):
 def test_denoiser_shape_mismatch():
     with pytest.raises(ConfigError, match="must return a tensor of the input's shape"):
         sample(lambda x, s: x[:, :1], _noise(0, 4), "edm", "euler", 3)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_samplers_leave_the_denoiser_s_tensors_alone(sampler):
+    """A denoiser may return a tensor it keeps (here the same one at every call) and may keep
+    its inputs: samplers overwrite only tensors they made, so both stay as they were."""
+    kept = torch.full((8, 2), 0.25, dtype=torch.float64)
+    inputs = []
+
+    def denoiser(x, sigma):
+        inputs.append((x, x.clone()))
+        return kept
+
+    options = {"n_inner": 2} if sampler == "annealed-langevin" else {}
+    sample(denoiser, _noise(0, 8), "vp", sampler, 4, torch.Generator().manual_seed(0), **options)
+    assert torch.equal(kept, torch.full((8, 2), 0.25, dtype=torch.float64))
+    assert all(torch.equal(x, copy) for x, copy in inputs)

@@ -214,6 +214,12 @@ class Level:
         # the network's output to x's dtype inside the kernel.
         return torch.add(x if self.c_skip == 1.0 else x * self.c_skip, out, alpha=self.c_out)
 
+    @property
+    def returns_new(self) -> bool:
+        """Whether :meth:`__call__` returns a tensor it made (``c_skip x + c_out out``), which
+        a sampler may overwrite, rather than the network's output itself."""
+        return self.c_skip != 0.0 or self.c_out != 1.0
+
     def step(self, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """``a x + b D(x)`` as ``(a + b c_skip) x + b c_out F(x)``."""
         return combine(x, a + b * self.c_skip, self.F(x), b * self.c_out)

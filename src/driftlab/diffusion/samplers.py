@@ -380,6 +380,7 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
     D_prev: torch.Tensor | None = None
     recording = run.trajectory is not None
     plan = _plan(run, "dpmpp-2m", _dpmpp_2m_plan)
+    own_prev = False  # whether D_prev is a tensor made here (not the denoiser's output)
     for level, (w, ratio, s_next) in zip(run.levels, plan, strict=True):
         D = level(x_hat)
         if ratio == 0.0:  # the last step, to sigma = 0
@@ -387,8 +388,10 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
         elif D_prev is None:
             x_hat = torch.lerp(D, x_hat, ratio)  # D + ratio (x_hat - D)
         else:
-            x_hat = torch.lerp(D_prev, D, w).lerp_(x_hat, ratio)
-        D_prev = D
+            # D_prev is not needed after this step: its memory takes the new state if it is ours.
+            D_step = D_prev.lerp_(D, w) if own_prev else torch.lerp(D_prev, D, w)
+            x_hat = D_step.lerp_(x_hat, ratio)
+        D_prev, own_prev = D, level.returns_new
         if recording:
             run.record(x_hat, s_next)
     return x_hat if g.s[-1] == 1.0 else x_hat * g.s[-1]
