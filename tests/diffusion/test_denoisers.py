@@ -176,7 +176,8 @@ def _trained_mlp_denoiser(precond="vp"):
 
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve", "fm"])
 def test_level_is_the_denoiser_and_its_step_the_linear_combination(precond):
-    """A level's ``D`` equals the plain call; ``step(x, a, b)`` equals ``a x + b D(x)``."""
+    """A level's ``D`` equals the plain call; ``step(x, a, b)`` equals ``a x + b D(x)``, and
+    ``scaled_coefficients`` give it on the network's scaled input."""
     denoiser = _trained_mlp_denoiser(precond)
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
@@ -187,6 +188,15 @@ def test_level_is_the_denoiser_and_its_step_the_linear_combination(precond):
             torch.testing.assert_close(level(x), D, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(
                 level.step(x, 0.7, -0.3), 0.7 * x - 0.3 * D, rtol=1e-12, atol=1e-12
+            )
+            # The same step, scaled by 2, on the network's input u = c_in x.
+            u = level.c_in * x
+            c_u, c_G = level.scaled_coefficients(0.7, -0.3, 2.0)
+            torch.testing.assert_close(
+                c_u * u + c_G * level.G(u).double(),
+                2.0 * (0.7 * x - 0.3 * D),
+                rtol=1e-12,
+                atol=1e-12,
             )
 
 

@@ -191,8 +191,8 @@ class Level:
     any other denoiser is the case ``c_skip = 0``, ``c_out = c_in = 1``, ``G = D(., sigma)``.
     Samplers that combine ``x_hat`` and ``D`` linearly fold ``c_skip`` and ``c_out`` into
     their own coefficients (:meth:`step`), and those that can carry their state as the
-    network's scaled input fold ``c_in`` too (:meth:`step_scaled`): each fold saves a tensor
-    op per network call.
+    network's scaled input fold ``c_in`` too (:meth:`scaled_coefficients`): each fold saves a
+    tensor op per network call.
     """
 
     sigma: float
@@ -225,16 +225,11 @@ class Level:
         return combine(x, a + b * self.c_skip, self.F(x), b * self.c_out)
 
     def scaled_coefficients(self, a: float, b: float, scale: float) -> tuple[float, float]:
-        """``(c_u, c_G)`` with ``scale (a x + b D(x)) = c_u u + c_G G(u)`` for ``x = u / c_in``:
-        the step of :meth:`step_scaled` as two numbers, which samplers compute once per grid."""
+        """``(c_u, c_G)`` with ``scale (a x + b D(x)) = c_u u + c_G G(u)`` for ``x = u / c_in``
+        given as the network's input ``u``: a sampler whose next level has ``c_in = scale``
+        keeps its state as ``u``, saves the scaling op of every network call, and computes
+        these two numbers once per grid."""
         return scale * (a + b * self.c_skip) / self.c_in, scale * b * self.c_out
-
-    def step_scaled(self, u: torch.Tensor, a: float, b: float, scale: float) -> torch.Tensor:
-        """``scale (a x + b D(x))`` for ``x = u / c_in`` given as the network's input ``u``:
-        a sampler whose next level has ``c_in = scale`` keeps its state as ``u`` and saves
-        the scaling op of every network call."""
-        c_u, c_G = self.scaled_coefficients(a, b, scale)
-        return combine(u, c_u, self.G(u), c_G)
 
 
 def combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Tensor:
