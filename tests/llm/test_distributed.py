@@ -83,8 +83,10 @@ def _worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
         out["weights"] = w.tolist()
         distributed.barrier()
         (Path(out_dir) / f"{rank}.json").write_text(json.dumps(out))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        distributed.shutdown(wait=False)  # the other rank may never arrive
+        raise
+    distributed.shutdown()  # waits for the other rank, then leaves the group
 
 
 def test_two_gloo_processes(tmp_path: Path) -> None:

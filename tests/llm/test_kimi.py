@@ -2,6 +2,7 @@ import pytest
 import torch
 from llm_helpers import rendezvous
 
+from driftlab.llm import distributed
 from driftlab.llm.kimi import (
     kimi_baseline,
     kimi_gradient_loss,
@@ -363,8 +364,10 @@ def _distributed_worker(rank: int, init_method: str, out_dir: str) -> None:
                 },
                 f"{out_dir}/rank0.pt",
             )
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        distributed.shutdown(wait=False)  # the other rank may never arrive
+        raise
+    distributed.shutdown()  # waits for the other rank, then leaves the group
 
 
 def test_two_processes_equal_one_with_partial_rollouts(tmp_path):

@@ -10,6 +10,7 @@ from torch import distributed as dist
 from torch import multiprocessing as mp
 
 from driftlab.core.config import ConfigError
+from driftlab.llm import distributed
 from driftlab.llm.generation import sequence_log_probs
 from driftlab.llm.model import TransformerConfig, TransformerLM
 from driftlab.llm.ppo import (
@@ -395,8 +396,10 @@ def _distributed_worker(rank: int, init_method: str, out_dir: str) -> None:
             torch.save(
                 {"params": params, "beta": trainer.kl_controller.value}, f"{out_dir}/rank0.pt"
             )
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        distributed.shutdown(wait=False)  # the other rank may never arrive
+        raise
+    distributed.shutdown()  # waits for the other rank, then leaves the group
 
 
 def test_two_processes_equal_one(tmp_path):

@@ -185,12 +185,15 @@ def barrier() -> None:
 
 def finish_distributed() -> None:
     """Wait for every rank, then leave the process group, so that no rank exits while
-    another still talks to it (gloo aborts a process torn down mid-collective)."""
+    another still talks to it (gloo aborts a process torn down mid-collective); garbage is
+    collected after, so that no gloo object left in a reference cycle is destroyed during
+    interpreter shutdown, which aborts the process too."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 class Trainer:

@@ -341,9 +341,12 @@ def run_train(args: argparse.Namespace) -> None:
     joined = distributed.init_from_env("gloo")
     try:
         _train(args)
-    finally:
+    except BaseException:
         if joined:
-            distributed.shutdown()
+            distributed.shutdown(wait=False)
+        raise
+    if joined:
+        distributed.shutdown()
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ the ranks' losses is the loss of the global batch (see :func:`average_gradients_
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -169,7 +170,17 @@ def init_from_env(backend: str = "gloo", timeout_s: float = 600.0) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group, if one is running."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group, if one is running: with ``wait``, after every rank has come
+    here, so that no rank tears its group down while another still talks to it. ``wait=False``
+    is for leaving on an error, when the other ranks may never arrive.
+
+    Garbage is collected around the teardown: a gloo object that survives it in a reference
+    cycle is otherwise destroyed during interpreter shutdown, which aborts the process
+    ("terminate called without an active exception") after its work is done."""
     if is_initialized():
+        if wait:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
