@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from llm_helpers import rendezvous
+from llm_helpers import SMALL, rendezvous
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
@@ -177,16 +177,7 @@ def length_reward(prompts, completions, **fields):
 
 
 def ppo_trainer(policy=None, tokenizer=TOK, **options):
-    settings = {
-        "task_options": {"digits": 1},
-        "prompts_per_step": 4,
-        "group_size": 4,
-        "max_new_tokens": 10,
-        "train_size": 40,
-        "eval_size": 8,
-        "lr": 1e-3,
-        **options,
-    }
+    settings = {**SMALL, "max_new_tokens": 10, "lr": 1e-3, **options}
     if policy is None:
         policy = tiny_lm(vocab=TOK.vocab_size)
     return PPOTrainer(policy, tokenizer, PPOConfig(**settings), reward_functions=[length_reward])
