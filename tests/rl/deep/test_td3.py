@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from driftlab.rl.deep import TD3
@@ -117,6 +118,60 @@ def test_twin_critics_equal_two_separate_networks() -> None:
         (critic(obs, actions) - target).pow(2).mean().backward()
         for weight, linear in zip(twin.weights, critic.net.layers, strict=True):
             torch.testing.assert_close(weight.grad[i], linear.weight.grad.T)
+
+
+@pytest.mark.parametrize(("hidden", "batch"), [((8, 6), 5), ((400, 300), 256)])
+def test_hand_backpropagation_equals_autograd(hidden, batch) -> None:
+    """Both sizes: small products (PyTorch's path) and TD3's own (oneDNN where available)."""
+    torch.manual_seed(0)
+    twin = EnsembleQNet(2, 3, 2, hidden)
+    obs, actions, target = torch.randn(batch, 3), torch.rand(batch, 2) * 2 - 1, torch.randn(batch)
+    layers, q = twin.activations(obs, actions)
+    torch.testing.assert_close(q, twin(obs, actions))
+    error = q - target
+    twin.backward(layers, 2 * error / batch)
+    by_hand = [p.grad.clone() for p in twin.parameters()]
+    for p in twin.parameters():
+        p.grad = None
+    (twin(obs, actions) - target).pow(2).mean(-1).sum().backward()
+    for got, param in zip(by_hand, twin.parameters(), strict=True):
+        torch.testing.assert_close(got, param.grad, rtol=1e-4, atol=1e-6)
+        assert param.grad.abs().max() > 0
+    # The input gradient of one member with the parameters held constant (the actor's step)
+    inputs = torch.cat([obs, actions], -1).requires_grad_()
+    (member_layers,), q1 = twin.activations(obs, actions, members=[1])
+    grad_q = torch.randn(batch)
+    by_hand_input = twin.input_grad(1, member_layers, grad_q)
+    (expected,) = torch.autograd.grad(
+        twin.member(1, inputs[:, :3], inputs[:, 3:], frozen=True), inputs, grad_q
+    )
+    torch.testing.assert_close(q1[0], twin.member(1, obs, actions))
+    torch.testing.assert_close(by_hand_input, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [(32, 32), (400, 300)])
+def test_updates_by_hand_equal_autograd_updates(hidden) -> None:
+    """The float32 critic and actor steps (hand back-propagation) against the bfloat16 path's
+    autograd code run in float32: the same gradients, so the same Adam step."""
+    algo = TD3("Pendulum-v1", seed=0, **{**SMALL, "hidden_sizes": hidden})
+    algo.learn(60, show_progress=False)
+    batch = algo.buffer.sample(256, algo.generator)
+    target = torch.randn(256)
+    q = algo.critic(batch.obs, batch.actions)
+    critic_params = list(algo.critic.parameters())
+    expected = torch.autograd.grad((q - target).pow(2).mean(-1).sum(), critic_params)
+    algo.critic_optimizer.step = lambda: None  # keep the parameters to compare at one point
+    algo.update_critic(batch, target)
+    for param, want in zip(critic_params, expected, strict=True):
+        torch.testing.assert_close(param.grad, want, rtol=1e-4, atol=1e-6)
+    actor_params = list(algo.actor.parameters())
+    loss = -algo.critic.member(0, batch.obs, algo.actor(batch.obs), frozen=True).mean()
+    expected = torch.autograd.grad(loss, actor_params)
+    algo.actor_optimizer.step = lambda: None
+    algo.update_actor(batch.obs)
+    for param, want in zip(actor_params, expected, strict=True):
+        torch.testing.assert_close(param.grad, want, rtol=1e-4, atol=1e-7)
+        assert want.abs().max() > 0
 
 
 def test_bfloat16_matmuls_stay_close_to_float32() -> None:

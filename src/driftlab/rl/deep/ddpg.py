@@ -74,7 +74,6 @@ class DDPG(Algorithm):
         self.critic_target_flat = FlatParameters(self.critic_target.parameters())
         for p in (*self.actor_target.parameters(), *self.critic_target.parameters()):
             p.requires_grad_(False)
-        self.actor_params = list(self.actor.parameters())
         self.actor_optimizer = adam(self.actor_flat, c["learning_rate"])
         self.critic_optimizer = adam(self.critic_flat, c["learning_rate"])
         self.buffer = ReplayBuffer(
@@ -194,22 +193,50 @@ class DDPG(Algorithm):
         return batch.rewards + self.config["gamma"] * (1.0 - batch.terminated) * next_q
 
     def update_critic(self, batch: Transitions, target: torch.Tensor) -> float:
-        """One Adam step on ``sum_i E[(Q_i(s, a) - y)^2]`` over the critics."""
-        q = self.critic(batch.obs, batch.actions)  # [n_critics, batch]
-        loss = (q - target).pow(2).mean(dim=-1).sum()
-        self.critic_flat.zero_grad()
-        loss.backward()
+        """One Adam step on ``sum_i E[(Q_i(s, a) - y)^2]`` over the critics.
+
+        In float32 the gradient is back-propagated by hand (``EnsembleQNet.backward``; a test
+        checks it against autograd); under bfloat16 autocast, through autograd."""
+        if torch.is_autocast_enabled("cpu"):
+            q = self.critic(batch.obs, batch.actions)  # [n_critics, batch]
+            loss = (q - target).pow(2).mean(dim=-1).sum()
+            self.critic_flat.zero_grad()
+            loss.backward()
+        else:
+            layers, q = self.critic.activations(batch.obs, batch.actions)
+            error = q - target
+            loss = error.pow(2).mean(dim=-1).sum()
+            # d loss / d q_i = 2 (q_i - y) / batch
+            self.critic.backward(layers, error.mul_(2.0 / error.shape[-1]))
         if self.config["max_grad_norm"] is not None:
             self.critic_flat.clip_grad_norm(self.config["max_grad_norm"])
         self.critic_optimizer.step()
         return float(loss.detach())
 
     def update_actor(self, obs: torch.Tensor) -> float:
-        """One Adam step on ``-E[Q_1(s, mu(s))]``: the deterministic policy gradient."""
-        loss = -self.critic.member(0, obs, self.actor(obs)).mean()
-        self.actor_flat.zero_grad()
-        # Only the actor's gradient: the critic's weights are not differentiated at all.
-        loss.backward(inputs=self.actor_params)
+        """One Adam step on ``-E[Q_1(s, mu(s))]``: the deterministic policy gradient
+        ``E[grad_a Q_1(s, a)|_{a = mu(s)} grad_theta mu(s)]`` (Silver et al. 2014, eq. 6).
+
+        The critic's parameters are constants here: no product is spent on their gradient.
+        As for the critic, float32 back-propagates by hand and bfloat16 through autograd."""
+        if torch.is_autocast_enabled("cpu"):
+            loss = -self.critic.member(0, obs, self.actor(obs), frozen=True).mean()
+            self.actor_flat.zero_grad()
+            loss.backward()
+        else:
+            actor = self.actor
+            layers = actor.net.activations(obs)
+            squashed = torch.tanh(layers[-1])
+            actions = actor.center + actor.half_range * squashed
+            critic_layers, q = self.critic.activations(obs, actions, members=[0])
+            loss = -q[0].mean()
+            grad_q = torch.full_like(q[0], -1.0 / q.shape[-1])
+            grad_actions = self.critic.input_grad(0, critic_layers[0], grad_q)[
+                :, -self.action_dim :
+            ]
+            # mu(s) = center + half_range tanh(f(s)): back through the scale and the tanh
+            grad_f = torch.ops.aten.tanh_backward(grad_actions * actor.half_range, squashed)
+            actor.net.backward(layers, grad_f)
         if self.config["max_grad_norm"] is not None:
             self.actor_flat.clip_grad_norm(self.config["max_grad_norm"])
         self.actor_optimizer.step()

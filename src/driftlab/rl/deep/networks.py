@@ -15,8 +15,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 
+from driftlab.core import matmul
 from driftlab.core.config import ConfigError, check_choice
 
 
@@ -51,9 +51,9 @@ ACTIVATIONS = {"tanh": tanh, "relu": torch.relu}
 class MLP(nn.Module):
     """``in -> hidden... -> out`` with one activation between layers.
 
-    Its forward pass calls ``functional.linear`` and the activation directly: the arithmetic
-    of an ``nn.Sequential`` without a module call per layer, which is most of the time of a
-    small network on a small batch."""
+    Its forward pass calls :func:`driftlab.core.matmul.linear` and the activation directly:
+    the arithmetic of an ``nn.Sequential`` without a module call per layer, which is most of
+    the time of a small network on a small batch."""
 
     def __init__(self, sizes: list[int], activation: str) -> None:
         super().__init__()
@@ -63,9 +63,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
+        relu = self.activation is torch.relu
         for i, layer in enumerate(self.layers):
-            x = functional.linear(x, layer.weight, layer.bias)
-            if i < last:
+            x = matmul.linear(x, layer.weight, layer.bias, relu=relu and i < last)
+            if i < last and not relu:
                 x = self.activation(x)
         return x
 
@@ -75,10 +76,11 @@ class MLP(nn.Module):
         activation), without recording a graph; :meth:`backward` takes them."""
         outputs = [x]
         last = len(self.layers) - 1
+        relu = self.activation is torch.relu
         for i, layer in enumerate(self.layers):
-            x = torch.addmm(layer.bias, x, layer.weight.t())
-            if i < last:
-                x = x.relu_() if self.activation is torch.relu else torch.tanh(x)
+            x = matmul.linear(x, layer.weight, layer.bias, relu=relu and i < last)
+            if i < last and not relu:
+                x = torch.tanh(x)
             outputs.append(x)
         return outputs
 
@@ -104,10 +106,10 @@ class MLP(nn.Module):
             for param in (layer.weight, layer.bias):
                 if param.grad is None:
                     param.grad = torch.empty_like(param)
-            torch.mm(grad.t(), inputs, out=layer.weight.grad)
+            matmul.mm(grad.t(), inputs, out=layer.weight.grad)
             torch.sum(grad, 0, out=layer.bias.grad)
             if i > 0:
-                grad = grad.mm(layer.weight)
+                grad = matmul.mm(grad, layer.weight)
                 if relu:
                     grad = torch.ops.aten.threshold_backward(grad, inputs, 0)
                 else:
