@@ -100,19 +100,22 @@ def test_delayed_actor_and_target_updates() -> None:
         before = after
 
 
-def test_twin_critics_equal_two_separate_networks() -> None:
+@pytest.mark.parametrize(("hidden", "batch"), [((8, 6), 5), ((400, 300), 256)])
+def test_twin_critics_equal_two_separate_networks(hidden, batch) -> None:
+    """Small: one batched product per layer; TD3's size: one oneDNN product per member
+    (where available)."""
     torch.manual_seed(0)
-    critics = [ContinuousQNet(3, 2, (8, 6)) for _ in range(2)]
-    twin = EnsembleQNet(2, 3, 2, (8, 6))
+    critics = [ContinuousQNet(3, 2, hidden) for _ in range(2)]
+    twin = EnsembleQNet(2, 3, 2, hidden)
     twin.copy_from(critics)
-    obs, actions = torch.randn(5, 3), torch.randn(5, 2)
+    obs, actions = torch.randn(batch, 3), torch.randn(batch, 2)
     q = twin(obs, actions)
-    assert q.shape == (2, 5)
+    assert q.shape == (2, batch)
     for i, critic in enumerate(critics):
         torch.testing.assert_close(q[i], critic(obs, actions))
         torch.testing.assert_close(twin.member(i, obs, actions), critic(obs, actions))
     # Gradients too: each member's weights get exactly its own network's gradient.
-    target = torch.randn(5)
+    target = torch.randn(batch)
     (q - target).pow(2).mean(-1).sum().backward()
     for i, critic in enumerate(critics):
         (critic(obs, actions) - target).pow(2).mean().backward()

@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional
 
 from driftlab.core import matmul
 from driftlab.core.config import ConfigError, check_choice
@@ -51,18 +52,27 @@ ACTIVATIONS = {"tanh": tanh, "relu": torch.relu}
 class MLP(nn.Module):
     """``in -> hidden... -> out`` with one activation between layers.
 
-    Its forward pass calls :func:`driftlab.core.matmul.linear` and the activation directly:
-    the arithmetic of an ``nn.Sequential`` without a module call per layer, which is most of
-    the time of a small network on a small batch."""
+    Its forward pass calls ``functional.linear`` and the activation directly: the arithmetic
+    of an ``nn.Sequential`` without a module call per layer, which is most of the time of a
+    small network on a small batch. Batches large enough for some layer's product to gain
+    from oneDNN go through :func:`driftlab.core.matmul.linear` instead; the test for that
+    is one multiplication per call, not one per layer."""
 
     def __init__(self, sizes: list[int], activation: str) -> None:
         super().__init__()
         check_choice("activation", activation, ACTIVATIONS)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.activation = ACTIVATIONS[activation]
+        self.widest = max(a * b for a, b in itertools.pairwise(sizes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
+        if x.dim() != 2 or x.shape[0] * self.widest < matmul.MIN_MACS:
+            for i, layer in enumerate(self.layers):
+                x = functional.linear(x, layer.weight, layer.bias)
+                if i < last:
+                    x = self.activation(x)
+            return x
         relu = self.activation is torch.relu
         for i, layer in enumerate(self.layers):
             x = matmul.linear(x, layer.weight, layer.bias, relu=relu and i < last)
