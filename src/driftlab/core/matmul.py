@@ -9,8 +9,7 @@ only through an operator of its own (``torch.ops.mkldnn._linear_pointwise``, the
 compiler emits), which has no autograd formula; :func:`linear` adds one.
 
 A oneDNN call costs about 9 us more than an MKL call, so only products of at least
-:data:`MIN_MACS` multiply-adds go to it (:data:`MIN_MACS_AUTOGRAD` where autograd records
-the product); smaller ones, other dtypes, other devices and
+:data:`MIN_MACS` multiply-adds go to it; smaller ones, other dtypes, other devices and
 products under autocast keep PyTorch's own path. The two paths agree to float32 rounding
 (they sum in different orders), and each is deterministic on one machine.
 
@@ -27,13 +26,13 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-# Below this many multiply-adds (M K N) oneDNN's fixed cost outweighs its faster kernels
-# (break-even about 7e5 on the machine above) ...
-MIN_MACS = 1 << 20
-# ... and for a differentiable product, whose Python autograd node costs more than
-# PyTorch's own (break-even about 1.5e6: forward and backward of [256, 64] x [64, 64] take
-# 88 us through PyTorch and 107 us here, of [128, 128] x [128, 128] 148 us and 133 us).
-MIN_MACS_AUTOGRAD = 1 << 21
+# Below this many multiply-adds (M K N) oneDNN's fixed cost (about 9 us a call, and a
+# Python autograd node for a differentiable product) outweighs its faster kernels. Measured
+# on the machine above, one thread: at 2^20 ([256, 64] x [64, 64]) a product takes 20-22 us
+# either way and the weight gradient's transposed product 30 us on oneDNN against 22 us; at
+# 2^21 ([512, 64] x [64, 64]) 29 us against 41 us, the transposed one 44 against 43; a
+# differentiable layer's forward and backward break even near 1.5 * 2^20.
+MIN_MACS = 1 << 21
 BACKENDS = ("auto", "onednn", "torch")
 
 
@@ -141,7 +140,6 @@ def linear(
         params = (weight,) if bias is None else (weight, bias)
         if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))):
             return _onednn_linear()(x, weight, bias, "relu" if relu else "none", [], "")
-        if macs >= MIN_MACS_AUTOGRAD:
-            return _Linear.apply(x, weight, bias, relu)
+        return _Linear.apply(x, weight, bias, relu)
     y = functional.linear(x, weight, bias)
     return y.relu_() if relu else y

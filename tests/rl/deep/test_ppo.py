@@ -102,3 +102,35 @@ def test_instance_with_short_time_limit_trains_and_bootstraps():
     assert ppo.buffer._truncations  # truncations were valued from their final observation
     assert max(ppo.recent_returns) <= 20
     assert ppo.evaluate(2)["mean_length"] <= 20
+
+
+@pytest.mark.parametrize("ent_coef", [0.0, 0.01])
+def test_gradient_by_hand_equals_autograd(ent_coef):
+    """The categorical policy's minibatch gradient, back-propagated by hand, against autograd
+    on :meth:`PPO.losses` for a batch of 256 from a real rollout (normalised advantages;
+    some ratios clipped)."""
+    ppo = PPO("CartPole-v1", seed=0, ent_coef=ent_coef)
+    assert ppo.by_hand
+    ppo.learn(512, show_progress=False)  # two rollouts, so that the policy has moved
+    ppo.collect()
+    batch = ppo.buffer.flat()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # ratios from 0.67 to 1.49: both branches of the min
+        batch["log_probs"] = batch["log_probs"] + 0.8 * torch.rand(256, generator=gen).sub(0.5)
+        ratio = torch.exp(ppo.policy.log_prob(batch["obs"], batch["actions"]) - batch["log_probs"])
+    assert 20 < int(((ratio - 1).abs() > 0.2).sum()) < 236
+    ppo.flat.param.grad.fill_(7.0)  # set, not accumulated
+    terms = ppo.gradients_by_hand(batch, 0.2)
+    by_hand = ppo.flat.param.grad.clone()
+    policy_loss, value_loss, entropy = ppo.losses(batch, 0.2)
+    loss = policy_loss + ppo.config["vf_coef"] * value_loss
+    if ent_coef > 0:
+        loss = loss - ent_coef * entropy
+    ppo.flat.zero_grad()
+    loss.backward()
+    torch.testing.assert_close(by_hand, ppo.flat.param.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(terms[0], policy_loss.detach())
+    torch.testing.assert_close(terms[1], value_loss.detach())
+    assert (terms[2] is None) == (ent_coef == 0)
+    assert not PPO("CartPole-v1", seed=0, clip_range_vf=0.2).by_hand
+    assert not PPO("Pendulum-v1", seed=0).by_hand

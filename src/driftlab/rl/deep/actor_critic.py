@@ -77,3 +77,24 @@ class ActorCritic(Algorithm):
             return
         last_values = self.value(torch.from_numpy(self.obs))
         buffer.compute_advantages(last_values, self.value, c["gamma"], c["gae_lambda"])
+
+
+@torch.no_grad()
+def categorical_logits_grad(
+    log_pi: torch.Tensor,
+    actions: torch.Tensor,
+    grad_log_prob: torch.Tensor,
+    entropy_weight: float = 0.0,
+) -> torch.Tensor:
+    """The gradient with respect to a categorical policy's logits of a loss whose gradient
+    with respect to ``log pi(a|s)`` of each row's action is ``grad_log_prob``, plus
+    ``-entropy_weight`` times each row's entropy ``H = -sum_a pi log pi``:
+    ``d log pi(a|s) / d logits = onehot(a) - pi`` and ``dH / d logits = -pi (log pi + H)``.
+    ``log_pi`` is ``log_softmax(logits)`` (``[rows, actions]``), ``actions`` ``[rows, 1]``."""
+    pi = log_pi.exp()
+    grad = torch.zeros_like(pi).scatter_(-1, actions, 1.0).sub_(pi)
+    grad.mul_(grad_log_prob.unsqueeze(-1))
+    if entropy_weight:
+        row_entropy = -(pi * log_pi).sum(-1, keepdim=True)
+        grad.add_(pi * (log_pi + row_entropy), alpha=entropy_weight)
+    return grad

@@ -90,7 +90,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = matmul.linear(x, layer.weight, layer.bias, relu=relu and i < last)
             if i < last and not relu:
-                x = torch.tanh(x)
+                x = tanh(x)
             outputs.append(x)
         return outputs
 

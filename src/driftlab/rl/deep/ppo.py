@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from driftlab.rl.deep.actor_critic import ActorCritic
+from driftlab.rl.deep.actor_critic import ActorCritic, categorical_logits_grad
 from driftlab.rl.deep.buffers import minibatches
 from driftlab.rl.deep.optim import FlatParameters, adam
 from driftlab.rl.losses import clipped_surrogate_loss, clipped_value_loss
@@ -72,6 +72,51 @@ class PPO(ActorCritic):
             )
         return policy_loss, value_loss, entropy
 
+    @property
+    def by_hand(self) -> bool:
+        """Whether a minibatch's gradient is back-propagated by hand
+        (:meth:`gradients_by_hand`): for a categorical policy and an unclipped value loss."""
+        return self.policy.discrete and self.config["clip_range_vf"] is None
+
+    @torch.no_grad()
+    def gradients_by_hand(
+        self, batch: dict[str, torch.Tensor], clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Sets the gradient of :meth:`losses`' objective on one minibatch (a test compares
+        it with autograd's) and returns the same three terms.
+
+        With ``r = pi(a|s) / pi_old(a|s)`` and ``B`` rows, the clipped surrogate's gradient
+        with respect to ``log pi(a|s)`` is ``-r A / B`` where ``r A`` is the smaller term and
+        0 where the clipped one is; ``d log pi(a|s) / d logits = onehot(a) - pi``. The
+        entropy's is ``-pi (log pi + H)`` per row, the value error's ``2 (v - R) / B``. The
+        networks back-propagate these through :meth:`MLP.backward`, without autograd's
+        graph, which is about half of the gradient step's time at CartPole's sizes."""
+        c = self.config
+        advantages = batch["advantages"]
+        if c["normalize_advantage"] and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        rows = len(advantages)
+        policy_net, value_net = self.policy.logits, self.value.net
+        policy_layers = policy_net.activations(batch["obs"])
+        log_pi = torch.log_softmax(policy_layers[-1], dim=-1)
+        actions = batch["actions"].long().unsqueeze(-1)
+        log_prob = log_pi.gather(-1, actions).squeeze(-1)
+        ratio = torch.exp(log_prob - batch["log_probs"])
+        unclipped = ratio * advantages
+        clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * advantages
+        policy_loss = -torch.minimum(unclipped, clipped).mean()
+        grad_log_prob = torch.where(unclipped <= clipped, unclipped, 0.0).mul_(-1.0 / rows)
+        entropy = None
+        if c["ent_coef"] > 0:
+            entropy = -(log_pi.exp() * log_pi).sum(-1).mean()
+        grad_logits = categorical_logits_grad(log_pi, actions, grad_log_prob, c["ent_coef"] / rows)
+        policy_net.backward(policy_layers, grad_logits)
+        value_layers = value_net.activations(batch["obs"])
+        error = value_layers[-1].squeeze(-1) - batch["returns"]
+        value_loss = error.pow(2).mean()
+        value_net.backward(value_layers, (error * (2.0 * c["vf_coef"] / rows)).unsqueeze(-1))
+        return policy_loss, value_loss, entropy
+
     def update(self) -> dict[str, float]:
         """``n_epochs`` passes of minibatch gradient steps on the clipped objective."""
         c = self.config
@@ -88,12 +133,15 @@ class PPO(ActorCritic):
                 indices = minibatches(n, c["batch_size"], self.generator)
                 batches = ({k: v[index] for k, v in data.items()} for index in indices)
             for batch in batches:
-                policy_loss, value_loss, entropy = self.losses(batch, clip)
-                loss = policy_loss + c["vf_coef"] * value_loss
-                if c["ent_coef"] > 0:
-                    loss = loss - c["ent_coef"] * entropy
-                self.flat.zero_grad()
-                loss.backward()
+                if self.by_hand:
+                    policy_loss, value_loss, entropy = self.gradients_by_hand(batch, clip)
+                else:
+                    policy_loss, value_loss, entropy = self.losses(batch, clip)
+                    loss = policy_loss + c["vf_coef"] * value_loss
+                    if c["ent_coef"] > 0:
+                        loss = loss - c["ent_coef"] * entropy
+                    self.flat.zero_grad()
+                    loss.backward()
                 self.flat.clip_grad_norm(c["max_grad_norm"])
                 self.optimizer.step()
                 self.num_updates += 1
