@@ -10,8 +10,10 @@ compiler emits), which has no autograd formula; :func:`linear` adds one.
 
 A oneDNN call costs about 9 us more than an MKL call, so only products of at least
 :data:`MIN_MACS` multiply-adds go to it; smaller ones, other dtypes, other devices and
-products under autocast keep PyTorch's own path. The two paths agree to float32 rounding
-(they sum in different orders), and each is deterministic on one machine.
+products under autocast keep PyTorch's own path, and so does every product autograd records
+inside a backward pass (a second derivative, as in TRPO's Fisher-vector products), since
+oneDNN's has no derivative. The two paths agree to float32 rounding (they sum in different
+orders), and each is deterministic on one machine.
 
 ``DRIFTLAB_MATMUL`` chooses: ``auto`` (default: oneDNN where available), ``onednn`` (an
 error where it is not available) or ``torch`` (never oneDNN).
