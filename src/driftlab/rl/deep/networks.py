@@ -49,6 +49,14 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"tanh": tanh, "relu": torch.relu}
 
 
+def activation_backward(grad: torch.Tensor, output: torch.Tensor, activation: Any) -> torch.Tensor:
+    """``grad`` taken back through ``activation`` (one of :data:`ACTIVATIONS`) from its
+    ``output`` ``h``: times ``1[h > 0]`` for ReLU, ``1 - h^2`` for tanh."""
+    if activation is torch.relu:
+        return torch.ops.aten.threshold_backward(grad, output, 0)
+    return torch.ops.aten.tanh_backward(grad, output)
+
+
 class MLP(nn.Module):
     """``in -> hidden... -> out`` with one activation between layers.
 
@@ -109,7 +117,6 @@ class MLP(nn.Module):
         this way, 490 us through autograd). The first layer's input gradient is not needed
         and not computed.
         """
-        relu = self.activation is torch.relu
         grad = grad_out
         for i in range(len(self.layers) - 1, -1, -1):
             layer, inputs = self.layers[i], activations[i]
@@ -119,11 +126,7 @@ class MLP(nn.Module):
             matmul.mm(grad.t(), inputs, out=layer.weight.grad)
             torch.sum(grad, 0, out=layer.bias.grad)
             if i > 0:
-                grad = matmul.mm(grad, layer.weight)
-                if relu:
-                    grad = torch.ops.aten.threshold_backward(grad, inputs, 0)
-                else:
-                    grad = torch.ops.aten.tanh_backward(grad, inputs)
+                grad = activation_backward(matmul.mm(grad, layer.weight), inputs, self.activation)
 
 
 def mlp(

@@ -13,7 +13,7 @@ DDPG (:mod:`driftlab.rl.deep.ddpg`) with three changes against the critic's over
    critic updates (sec. 5.2, ``d = 2``).
 
 The actor ascends ``Q_1(s, mu(s))`` alone. The two critics are one
-:class:`~driftlab.rl.deep.ensemble.EnsembleQNet`: each layer is one batched matrix product
+:class:`~driftlab.rl.deep.ensemble.EnsembleQNet`, whose parameters are one tensor per layer
 for both. Acting, replay and the update schedule are DDPG's.
 """
 
