@@ -42,6 +42,13 @@ class PPO(ActorCritic):
         self.collect()
         return self.update()
 
+    def advantages(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The minibatch's advantages, normalised within it when ``normalize_advantage``."""
+        advantages = batch["advantages"]
+        if self.config["normalize_advantage"] and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return advantages
+
     def losses(
         self, batch: dict[str, torch.Tensor], clip: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -49,9 +56,7 @@ class PPO(ActorCritic):
         the value error and the policy's mean entropy (``None`` when ``ent_coef`` is 0, which
         saves computing it)."""
         c = self.config
-        advantages = batch["advantages"]
-        if c["normalize_advantage"] and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = self.advantages(batch)
         if c["ent_coef"] > 0:
             log_probs, entropy = self.policy.log_prob_entropy(batch["obs"], batch["actions"])
             entropy = entropy.mean()
@@ -92,9 +97,7 @@ class PPO(ActorCritic):
         networks back-propagate these through :meth:`MLP.backward`, without autograd's
         graph, which is about half of the gradient step's time at CartPole's sizes."""
         c = self.config
-        advantages = batch["advantages"]
-        if c["normalize_advantage"] and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = self.advantages(batch)
         rows = len(advantages)
         policy_net, value_net = self.policy.logits, self.value.net
         policy_layers = policy_net.activations(batch["obs"])
