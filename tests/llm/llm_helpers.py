@@ -1,7 +1,5 @@
 """What the trainer tests share: a tiny model, a small setting and a reward that varies."""
 
-from pathlib import Path
-
 import torch
 
 from driftlab.llm.model import TransformerConfig, TransformerLM
@@ -30,9 +28,3 @@ def tiny_model(seed: int = 0) -> TransformerLM:
 def length_reward(prompts, completions, **fields):
     """A reward an untrained model already varies on (its answers are never correct)."""
     return [len(c) % 3 / 2 for c in completions]
-
-
-def rendezvous(directory: str | Path) -> str:
-    """A gloo process group's ``init_method`` through a file in ``directory``: no TCP port to
-    pick, so no race with another process taking a port between picking and binding it."""
-    return f"file://{Path(directory).resolve() / 'rendezvous'}"

@@ -1,14 +1,14 @@
 import pytest
 import torch
-from llm_helpers import rendezvous
 
-from driftlab.llm import distributed
+from driftlab.core import distributed
 from driftlab.llm.kimi import (
     kimi_baseline,
     kimi_gradient_loss,
     kimi_surrogate,
     length_reward,
 )
+from gloo import rendezvous
 
 torch.set_num_threads(1)
 

@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
-from llm_helpers import SMALL, rendezvous
+from llm_helpers import SMALL
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
+from driftlab.core import distributed
 from driftlab.core.config import ConfigError
-from driftlab.llm import distributed
 from driftlab.llm.generation import sequence_log_probs
 from driftlab.llm.model import TransformerConfig, TransformerLM
 from driftlab.llm.ppo import (
@@ -28,6 +28,7 @@ from driftlab.llm.ppo import (
 from driftlab.llm.tokenizer import CharTokenizer
 from driftlab.llm.trainer import Experience
 from driftlab.llm.value import ValueModel
+from gloo import rendezvous
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from llm_helpers import SMALL, TOK, length_reward, tiny_model
 
+from driftlab.core import distributed
 from driftlab.core.config import ConfigError
-from driftlab.llm import distributed
 from driftlab.llm import trainer as trainer_module
 from driftlab.llm.generation import generate, inverse_cdf_sample
 from driftlab.llm.grpo import GRPOConfig, GRPOTrainer

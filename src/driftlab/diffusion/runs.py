@@ -9,20 +9,13 @@ from typing import Any
 
 import torch
 
+from driftlab.core import distributed
 from driftlab.core.checkpoint import save_checkpoint
 from driftlab.core.config import ConfigError, check_choice, check_int
 from driftlab.core.rundir import RunDir, write_json
 from driftlab.diffusion.formulations import get_formulation
 from driftlab.diffusion.samplers import SAMPLERS, evaluations_per_sample, sample
-from driftlab.diffusion.trainer import (
-    TrainConfig,
-    Trainer,
-    barrier,
-    finish_distributed,
-    guided_denoiser,
-    init_distributed,
-    load_trained,
-)
+from driftlab.diffusion.trainer import TrainConfig, Trainer, guided_denoiser, load_trained
 
 OUTPUT_SUFFIXES = (".png", ".safetensors", ".npy")
 
@@ -39,11 +32,11 @@ def train_run(
     """Train into ``run_dir``; with ``resume`` continue its checkpoint (``overrides`` may
     extend ``steps`` or ``minutes``). Returns the trainer's summary."""
     config.validate()
-    rank, _ = init_distributed(config.device)
-    if rank != 0:
+    distributed.init_from_env(distributed.backend_for(config.device))
+    if not distributed.is_main():
         # Under torchrun only rank 0 owns the run directory; the others wait until it is
         # ready, then train in step (checkpoints and metrics are written by rank 0).
-        barrier()
+        distributed.barrier()
         if resume:
             config = _resumed_config(Path(run_dir), overrides)
         trainer = None
@@ -56,14 +49,14 @@ def train_run(
             if trainer is not None:
                 trainer.close()
             else:
-                finish_distributed()
+                distributed.shutdown()
     with RunDir.create(
         run_dir, {"train": config.to_dict()}, resume=resume, overwrite=overwrite
     ) as run:
         if resume:
             config = _resumed_config(run.path, overrides)
             write_json(run.path / "config.json", {"train": config.to_dict()})
-        barrier()
+        distributed.barrier()
         trainer = None
         try:
             trainer = Trainer(config, run.path)
@@ -75,7 +68,7 @@ def train_run(
             if trainer is not None:
                 trainer.close()
             else:
-                finish_distributed()
+                distributed.shutdown()
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
         return summary

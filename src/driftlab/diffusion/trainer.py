@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from driftlab.core import distributed
 from driftlab.core.checkpoint import load_checkpoint, save_checkpoint
 from driftlab.core.config import (
     ConfigError,
@@ -157,45 +158,6 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
-def _distributed() -> tuple[int, int]:
-    """``(rank, world_size)`` from torchrun's environment (``(0, 1)`` when not launched)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def init_distributed(device: str = "auto") -> tuple[int, int]:
-    """Join torchrun's process group (gloo on CPU, NCCL on GPU) once; returns
-    ``(rank, world_size)``. A no-op outside torchrun."""
-    rank, world = _distributed()
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return rank, world
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op outside torchrun)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def finish_distributed() -> None:
-    """Wait for every rank, then leave the process group, so that no rank exits while
-    another still talks to it (gloo aborts a process torn down mid-collective); garbage is
-    collected after, so that no gloo object left in a reference cycle is destroyed during
-    interpreter shutdown, which aborts the process too."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-        gc.collect()
-
-
 class Trainer:
     """Trains one model; ``run_dir`` receives checkpoints and metrics (rank 0 only)."""
 
@@ -205,13 +167,13 @@ class Trainer:
 
         self.config = config.validate()
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.rank, self.world_size = _distributed()
         if config.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(config.device)
-        if self.world_size > 1:
-            self._init_distributed()
+        if distributed.init_from_env(distributed.backend_for(self.device)):
+            self._use_local_device()
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
 
         self.dataset = load_dataset(
             config.data,
@@ -266,8 +228,8 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ----- distributed -------------------------------------------------------------------
-    def _init_distributed(self) -> None:
-        init_distributed(self.device.type)
+    def _use_local_device(self) -> None:
+        """Under torchrun, each process's own GPU (``LOCAL_RANK``)."""
         if self.device.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0))
             self.device = torch.device("cuda", local)
@@ -283,7 +245,7 @@ class Trainer:
         the process; releasing them first makes every rank exit cleanly."""
         self.model = self.net
         gc.collect()
-        finish_distributed()
+        distributed.shutdown()
 
     # ----- the loss ----------------------------------------------------------------------
     def denoiser(self, ema: bool = True) -> Denoiser:
@@ -460,11 +422,7 @@ class Trainer:
         if not stop and minutes is not None and time.perf_counter() - start > 60 * minutes:
             stop = 1
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([stop], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = int(flag.item())
+            stop = int(distributed.all_reduce_(torch.tensor([stop], device=self.device), "max"))
         return stop
 
     def _loss_by_noise_level(self) -> dict[str, float]:

@@ -14,7 +14,7 @@ replaced unless ``--overwrite`` (or continued with ``--resume``) is given.
 
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1``), ``train`` joins a gloo process
 group; rank 0 owns the run directory, logs and prints, and every rank trains on its shard of
-each iteration's prompt groups (:mod:`driftlab.llm.distributed`).
+each iteration's prompt groups (:mod:`driftlab.core.distributed`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from driftlab.core import distributed
 from driftlab.core.config import ConfigError, check_int
 from driftlab.core.rundir import RunDir, check_resume, write_json
-from driftlab.llm import distributed
 
 MODEL = "model"  # the policy's file stem inside a run directory (model.safetensors + model.json)
 HF_MODEL = "hf_model"  # a Hugging Face policy's directory inside a run directory

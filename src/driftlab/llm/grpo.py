@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from driftlab.core import distributed
 from driftlab.core.config import (
     ConfigError,
     check_choice,
@@ -57,7 +58,6 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
-from driftlab.llm import distributed
 from driftlab.llm.tasks import Problem
 from driftlab.llm.trainer import Experience, RLConfig, RLTrainer
 from driftlab.rl.losses import (

@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from driftlab.core import distributed
 from driftlab.core.config import (
     ConfigError,
     check_choice,
@@ -59,7 +60,6 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
-from driftlab.llm import distributed
 from driftlab.llm.curriculum import ProblemSampler, step_generator
 from driftlab.llm.generation import Policy, generate, sequence_log_probs
 from driftlab.llm.tasks import Problem, get_task

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from driftlab.core import distributed
 from driftlab.core.config import (
     ConfigError,
     check_choice,
@@ -39,7 +40,6 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
-from driftlab.llm import distributed
 from driftlab.llm.trainer import Experience, RLConfig, RLTrainer
 from driftlab.llm.value import ValueModel
 from driftlab.rl.losses import (

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from driftlab.core import distributed
 from driftlab.core.checkpoint import load_checkpoint, save_checkpoint
 from driftlab.core.config import (
     ConfigError,
@@ -55,7 +56,6 @@ from driftlab.core.config import (
 from driftlab.core.interrupt import DeferredInterrupt
 from driftlab.core.metrics import MetricsLogger
 from driftlab.core.progress import progress
-from driftlab.llm import distributed
 from driftlab.llm.generation import decode_completions, generate, sequence_log_probs
 from driftlab.llm.rewards import RewardFunction, combine_rewards
 from driftlab.llm.sft import greedy_completions
@@ -576,7 +576,7 @@ class RLTrainer(ABC):
 
         The result is multiplied by the number of minibatches and processes, so the mean of
         the minibatch gradients (over passes of one batch, and after
-        :func:`~driftlab.llm.distributed.average_gradients_`) is the whole batch's gradient.
+        :func:`~driftlab.core.distributed.average_gradients_`) is the whole batch's gradient.
         On a single whole batch it equals :func:`~driftlab.rl.losses.aggregate_loss`.
         """
         check_choice("mode", mode, AGGREGATE_MODES)

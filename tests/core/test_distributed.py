@@ -1,4 +1,4 @@
-"""driftlab.llm.distributed: identities without a process group; sharding, reductions and
+"""driftlab.core.distributed: identities without a process group; sharding, reductions and
 gradient averaging on two gloo processes."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_helpers import rendezvous
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
-from driftlab.llm import distributed
+from driftlab.core import distributed
+from gloo import rendezvous
 
 
 def test_single_process_is_identity() -> None:
@@ -103,3 +103,11 @@ def test_two_gloo_processes(tmp_path: Path) -> None:
         assert out["gathered"] == ["r0", "r1", "r1"]
         assert out["broadcast"] == {"from": 0}
         assert out["weights"] == [0.0, 0.0]
+
+
+def test_backend_for_device():
+    assert distributed.backend_for("cpu") == "gloo"
+    assert distributed.backend_for("cuda") == "nccl"
+    assert distributed.backend_for(torch.device("cuda", 1)) == "nccl"
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    assert distributed.backend_for("auto") == ("nccl" if torch.cuda.is_available() else "gloo")

@@ -1,12 +1,13 @@
 """Data-parallel training across processes with :mod:`torch.distributed`, launched by
-``torchrun`` (gloo on CPU).
+``torchrun`` (gloo on CPU, NCCL on CUDA), shared by the diffusion and language-model trainers.
 
-Every rank holds the whole model and samples a contiguous block of the iteration's prompt
-groups; gradients are averaged before each optimiser step, so all ranks keep identical
-weights. Every function here is a no-op (or the identity) when no process group is
-initialised, so the trainers call them unconditionally and a single process needs nothing.
+Every rank holds the whole model and works on its own block of the global batch (the
+language-model trainers' prompt groups, :func:`shard`); gradients are averaged before each
+optimiser step, so all ranks keep identical weights. Every function here is a no-op (or the
+identity) when no process group is initialised, so the trainers call them unconditionally and
+a single process needs nothing.
 
-The contract that makes a 2-process run equal a 1-process run lives in the trainer: loss
+The contract that makes a 2-process run equal a 1-process run lives in the trainers: loss
 denominators (token counts, sequence counts) are summed over all ranks with
 :func:`all_reduce_` *before* the update, and each rank's loss is scaled so that the mean of
 the ranks' losses is the loss of the global batch (see :func:`average_gradients_`).
@@ -154,6 +155,14 @@ def barrier() -> None:
 def launched_by_torchrun() -> bool:
     """Whether the environment of ``torchrun`` asks for more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def backend_for(device: str | torch.device) -> str:
+    """The process group backend for training on ``device``: NCCL for CUDA (``"auto"`` when
+    CUDA is available), gloo otherwise."""
+    kind = torch.device(device).type if isinstance(device, torch.device) else device
+    use_cuda = kind.startswith("cuda") or (kind == "auto" and torch.cuda.is_available())
+    return "nccl" if use_cuda else "gloo"
 
 
 def init_from_env(backend: str = "gloo", timeout_s: float = 600.0) -> bool:
