@@ -107,6 +107,11 @@ def plot(records: list[dict]) -> None:
         for r in runs:
             steps, returns = zip(*r["curve"], strict=True)
             ax.plot(steps, returns, alpha=0.5, label=f"seed {r['seed']}")
+        # The mean over seeds, where the seeds were evaluated at the same steps.
+        if all([s for s, _ in r["curve"]] == [s for s, _ in runs[0]["curve"]] for r in runs):
+            steps = [s for s, _ in runs[0]["curve"]]
+            mean = [statistics.fmean(r["curve"][i][1] for r in runs) for i in range(len(steps))]
+            ax.plot(steps, mean, color="k", lw=2, label="mean")
         if runs[0]["threshold"] is not None:
             ax.axhline(runs[0]["threshold"], color="k", ls="--", lw=0.8, label="threshold")
         ax.set(xlabel="environment steps", ylabel="evaluation return", title=f"{key[0]} {key[1]}")

@@ -290,11 +290,19 @@ def _mean_std(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _seed_by_seed(rows: list[dict]) -> str:
+    """How many seeds our return is above, equal to (within 0.5) and below SB3's."""
+    diffs = [r["driftlab_return"] - r["sb3_return"] for r in rows]
+    higher = sum(d > 0.5 for d in diffs)
+    lower = sum(d < -0.5 for d in diffs)
+    return f"{higher} / {len(diffs) - higher - lower} / {lower}"
+
+
 def markdown(records: list[dict]) -> str:
     lines = [
         "| algorithm, env | env steps | seeds | SB3 train s | driftlab train s | time ratio | "
-        "SB3 return | driftlab return |",
-        "|---|---|---|---|---|---|---|---|",
+        "SB3 return | driftlab return | seeds ours higher / equal / lower |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for algo in CASES:
         rows = [r for r in records if r["algo"] == algo]
@@ -308,13 +316,14 @@ def markdown(records: list[dict]) -> str:
             f"{_mean_std([r['driftlab_train_s'] for r in ours], 1)} | "
             f"{_mean_std([r['time_ratio'] for r in ours], 2)} | "
             f"{_mean_std([r['sb3_return'] for r in rows], 1)} | "
-            f"{_mean_std([r['driftlab_return'] for r in ours], 1)} |"
+            f"{_mean_std([r['driftlab_return'] for r in ours], 1)} | {_seed_by_seed(ours)} |"
         )
     lines.append(
         "\nMean ± std over seeds 0, 1, ... (the seeds column); one torch thread, CPU, both "
         "libraries in the same run at the RL Baselines3 Zoo's hyperparameters "
         "(`driftlab.rl.deep.presets`). Train time covers `learn` only; time ratio is "
-        "driftlab / SB3. Returns are deterministic evaluations over 20 episodes."
+        "driftlab / SB3. Returns are deterministic evaluations over 20 episodes, from the "
+        "same 20 initial states on both sides; the last column compares them seed by seed."
     )
     return "\n".join(lines) + "\n"
 
