@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from deep_rl_speed import EVAL_SEED_OFFSET
 from dqn_seeds import STEPS, _set_products
 
 PRODUCTS = ("auto", "torch")  # -> DRIFTLAB_MATMUL
-EVAL_SEED_OFFSET = 10_000
 
 
 class Streams:
