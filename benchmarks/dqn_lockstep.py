@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deep_rl_speed import EVAL_SEED_OFFSET
-from dqn_seeds import STEPS, _set_products
+from dqn_seeds import STEPS, _set_products, zoo_settings
 
 PRODUCTS = ("auto", "torch")  # -> DRIFTLAB_MATMUL
 
@@ -134,11 +134,9 @@ def lockstep(products: str, seed: int) -> dict:
     import torch
 
     from driftlab.core import matmul
-    from driftlab.rl.deep.presets import ZOO_DEPARTURES, hyperparameters
 
     torch.set_num_threads(1)
-    zoo = ZOO_DEPARTURES[("dqn", "CartPole-v1")]
-    hp = hyperparameters("dqn", "CartPole-v1", {**zoo, "total_steps": STEPS})
+    hp = zoo_settings()
     # Probe states spread over CartPole's usual range (the pole angle is small).
     probe = torch.randn(256, 4, generator=torch.Generator().manual_seed(seed))
     probe *= torch.tensor([1.0, 1.0, 0.1, 1.0])

@@ -46,16 +46,22 @@ def _set_products(choice: str | None) -> None:
         os.environ["DRIFTLAB_MATMUL"] = choice
 
 
+def zoo_settings() -> dict:
+    """DQN's hyperparameters at the zoo's CartPole-v1 entry (our preset's departures undone)."""
+    from driftlab.rl.deep.presets import ZOO_DEPARTURES, hyperparameters
+
+    zoo = ZOO_DEPARTURES[("dqn", "CartPole-v1")]
+    return hyperparameters("dqn", "CartPole-v1", {**zoo, "total_steps": STEPS})
+
+
 def run(variant: str, seed: int) -> dict:
     import torch
 
     from deep_rl_speed import run_driftlab, run_sb3
-    from driftlab.rl.deep.presets import ZOO_DEPARTURES, hyperparameters
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    zoo = ZOO_DEPARTURES[("dqn", "CartPole-v1")]
-    hp = hyperparameters("dqn", "CartPole-v1", {**zoo, "total_steps": STEPS})
+    hp = zoo_settings()
     if variant == "sb3":
         result = run_sb3("dqn", "CartPole-v1", hp, STEPS, seed)
     else:
