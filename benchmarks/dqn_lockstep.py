@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deep_rl_speed import EVAL_SEED_OFFSET
-from dqn_seeds import STEPS, _set_products, zoo_settings
+from dqn_seeds import STEPS, set_products, zoo_settings
 
 PRODUCTS = ("auto", "torch")  # -> DRIFTLAB_MATMUL
 
@@ -171,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     for products in PRODUCTS:
         # A process per backend: DRIFTLAB_MATMUL is read once, before the first product.
-        with ProcessPoolExecutor(1, initializer=_set_products, initargs=(products,)) as pool:
+        with ProcessPoolExecutor(1, initializer=set_products, initargs=(products,)) as pool:
             for record in pool.map(lockstep, [products] * len(args.seeds), args.seeds):
                 print(json.dumps(record), flush=True)
 

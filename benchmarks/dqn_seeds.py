@@ -33,14 +33,16 @@ from scipy.stats import mannwhitneyu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from deep_rl_speed import CASES
+
 VARIANTS = {"sb3": None, "driftlab": "auto", "driftlab-torch": "torch"}  # -> DRIFTLAB_MATMUL
 SEEDS = (0, 199)
-STEPS = 50_000
+STEPS = CASES["dqn"][2]  # the speed benchmark's budget
 # Seed blocks of the table: the first hundred were run before the second hundred was asked.
 BLOCKS = ((0, 99), (100, 199))
 
 
-def _set_products(choice: str | None) -> None:
+def set_products(choice: str | None) -> None:
     """Pool initializer: the product backend is read once per process, before any run."""
     if choice is not None:
         os.environ["DRIFTLAB_MATMUL"] = choice
@@ -90,7 +92,7 @@ def main() -> None:
     for variant in only:
         # One pool per variant: DRIFTLAB_MATMUL must be set before a worker's first product.
         choice = VARIANTS[variant]
-        with ProcessPoolExecutor(args.jobs, initializer=_set_products, initargs=(choice,)) as pool:
+        with ProcessPoolExecutor(args.jobs, initializer=set_products, initargs=(choice,)) as pool:
             seeds = range(first, last + 1)
             for record in pool.map(run, [variant] * len(seeds), seeds):
                 print(json.dumps(record), flush=True)
