@@ -129,11 +129,13 @@ def case(products: str, seed: int, steps: int) -> dict:
     class Replay:  # SB3's train() asks for one minibatch per gradient step
         def sample(self, batch_size: int, env=None) -> ReplayBufferSamples:
             b = next(feed)
-            column = (b.actions.view(-1, 1).long(), b.terminated.view(-1, 1))
-            return ReplayBufferSamples(b.obs, column[0], b.next_obs, column[1], b.rewards[:, None])
+            actions, dones = b.actions[:, None].long(), b.terminated[:, None]
+            return ReplayBufferSamples(b.obs, actions, b.next_obs, dones, b.rewards[:, None])
+
+    def flat(params) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in params])
 
     model.replay_buffer = Replay()
-    flat = lambda params: torch.cat([p.detach().reshape(-1) for p in params])  # noqa: E731
     before = flat(algo.q_net.parameters())
     algo.train()
     model.train(gradient_steps=n_batches, batch_size=batch_size)
