@@ -40,35 +40,25 @@ X_LIMIT, THETA_LIMIT = 2.4, 12 * 2 * math.pi / 360  # CartPole-v1's termination 
 
 def sb3_copy(algo, hp: dict, seed: int):
     """An SB3 DQN at ``hp`` holding driftlab ``algo``'s weights, target and Adam state."""
+    import stable_baselines3 as sb3
     import torch
-    from stable_baselines3 import DQN as SB3DQN
     from stable_baselines3.common.logger import configure
 
-    from deep_rl_speed import make_sb3_env
+    from deep_rl_speed import make_sb3_env, sb3_arguments
 
     env = make_sb3_env("CartPole-v1", hp, seed)
-    model = SB3DQN(
-        "MlpPolicy",
-        env,
-        learning_rate=hp["learning_rate"],
-        batch_size=hp["batch_size"],
-        gamma=hp["gamma"],
-        max_grad_norm=hp["max_grad_norm"],
-        policy_kwargs={"net_arch": list(hp["hidden_sizes"])},
-        seed=seed,
-        device="cpu",
-    )
+    model = sb3.DQN("MlpPolicy", env, seed=seed, device="cpu", **sb3_arguments("dqn", hp))
     model.set_logger(configure(None, []))
     pairs = [
-        (algo.q_net.parameters(), model.policy.q_net.parameters()),
-        (algo.target_q_net.parameters(), model.policy.q_net_target.parameters()),
+        (algo.q_net.parameters(), model.q_net.parameters()),
+        (algo.target_q_net.parameters(), model.q_net_target.parameters()),
     ]
     with torch.no_grad():
         for ours, theirs in pairs:
             for a, b in zip(ours, theirs, strict=True):
                 b.copy_(a)
     optimizer, offset = model.policy.optimizer, 0
-    for p in model.policy.q_net.parameters():
+    for p in model.q_net.parameters():
         n = p.numel()
         state = optimizer.state[p]
         state["step"] = torch.tensor(float(algo.optimizer.steps))
@@ -139,10 +129,10 @@ def case(products: str, seed: int, steps: int) -> dict:
     before = flat(algo.q_net.parameters())
     algo.train()
     model.train(gradient_steps=n_batches, batch_size=batch_size)
-    ours, theirs = flat(algo.q_net.parameters()), flat(model.policy.q_net.parameters())
+    ours, theirs = flat(algo.q_net.parameters()), flat(model.q_net.parameters())
     probes = torch.cat([b.obs for b in batches[:4]])
     with torch.no_grad():
-        q_ours, q_sb3 = algo.q_net(probes), model.policy.q_net(probes)
+        q_ours, q_sb3 = algo.q_net(probes), model.q_net(probes)
     return {
         "benchmark": "dqn_late_round",
         "products": products,
