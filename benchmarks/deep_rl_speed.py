@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # greedy returns are bimodal in both libraries (500 on most seeds, 20-300 on some), and TD3's
 # Pendulum returns spread by some 20 from seed to seed, so three seeds cannot tell the
 # libraries' returns apart. DQN, at 500 on about three seeds in five in both, gets twenty
-# (dqn_seeds.py compares its returns over four hundred).
+# (dqn_seeds.py compares its returns over six hundred).
 SEEDS: dict[str, int] = {"dqn": 20, "a2c": 10, "td3": 10}
 EVAL_SEED_OFFSET = 10_000
 

@@ -15,8 +15,8 @@ products, the ones SB3 uses). Runs are spread over worker processes, so no times
 ``deep_rl_speed.py`` measures those.
 
 Prints one JSON line per (variant, seed); ``--only``, ``--seeds FIRST LAST`` and ``--jobs``
-select the runs. All three variants over the default seeds 0-399 take about three and a half
-hours on two cores (per seed, SB3 about 35 s of one core, driftlab 14-16 s).
+select the runs. All three variants over the default seeds 0-599 take about five hours on two
+cores (per seed, SB3 about 35 s of one core, driftlab 14-16 s).
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deep_rl_speed import CASES
 
 VARIANTS = {"sb3": None, "driftlab": "auto", "driftlab-torch": "torch"}  # -> DRIFTLAB_MATMUL
-SEEDS = (0, 399)
+SEEDS = (0, 599)
 STEPS = CASES["dqn"][2]  # the speed benchmark's budget
 # Seed blocks of the table, in the order they were run: the first hundred, the second hundred
-# to check the gap seen on the first, then a third block of two hundred fixed in advance.
-BLOCKS = ((0, 99), (100, 199), (200, 399))
+# to check the gap seen on the first, then two blocks of two hundred, each fixed in advance.
+BLOCKS = ((0, 99), (100, 199), (200, 399), (400, 599))
+# Pooled rows: every seed run after the first block raised the question, and all of them.
+POOLED = ((100, 599), (0, 599))
 
 
 def set_products(choice: str | None) -> None:
@@ -101,15 +103,17 @@ def main() -> None:
 
 def markdown(records: list[dict]) -> str:
     """Per seed block and variant: mean return (± its standard error), seeds at >= 475, and
-    the Mann-Whitney U test's p-value of each driftlab variant against SB3 on those seeds."""
+    against SB3 on those seeds the mean difference with its 95% interval (normal
+    approximation, unequal variances) and the Mann-Whitney U test's p-value."""
     returns: dict[tuple[str, int], float] = {
         (r["variant"], r["seed"]): r["return"] for r in records
     }
     lines = [
-        "| seeds | variant | runs | mean return | seeds >= 475 | p (against SB3) |",
-        "|---|---|---|---|---|---|",
+        "| seeds | variant | runs | mean return | seeds >= 475 "
+        "| difference from SB3 (95% interval) | p (against SB3) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    blocks = [*BLOCKS, (BLOCKS[0][0], BLOCKS[-1][1])]
+    blocks = [*BLOCKS, *POOLED]
     for first, last in blocks:
         for variant in VARIANTS:
             seeds = [s for s in range(first, last + 1) if (variant, s) in returns]
@@ -120,16 +124,22 @@ def markdown(records: list[dict]) -> str:
             # compared seed for seed.
             sb3 = [returns[("sb3", s)] for s in seeds if ("sb3", s) in returns]
             se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-            p = "" if variant == "sb3" or not sb3 else f"{mannwhitneyu(values, sb3).pvalue:.2f}"
+            p = difference = ""
+            if variant != "sb3" and len(sb3) > 1:
+                p = f"{mannwhitneyu(values, sb3).pvalue:.2f}"
+                delta = statistics.mean(values) - statistics.mean(sb3)
+                half = 1.96 * (se**2 + statistics.variance(sb3) / len(sb3)) ** 0.5
+                difference = f"{delta:+.1f} ({delta - half:+.1f} to {delta + half:+.1f})"
             solved = sum(v >= 475 for v in values)
             lines.append(
                 f"| {first}-{last} | {variant} | {len(values)} | "
-                f"{statistics.mean(values):.1f} ± {se:.1f} | {solved} | {p} |"
+                f"{statistics.mean(values):.1f} ± {se:.1f} | {solved} | {difference} | {p} |"
             )
     lines.append(
         "\nFinal greedy return over 20 episodes after 50,000 steps at the zoo's settings, one run "
-        "per seed and variant; ± is the standard error of the mean, p the two-sided Mann-Whitney "
-        "U test against SB3's returns on the seeds that variant ran. `driftlab-torch` is "
+        "per seed and variant; ± is the standard error of the mean. Against SB3's returns on the "
+        "seeds that variant ran: the difference of the means with its 95% interval (normal "
+        "approximation) and p, the two-sided Mann-Whitney U test. `driftlab-torch` is "
         "driftlab with `DRIFTLAB_MATMUL=torch`."
     )
     return "\n".join(lines) + "\n"
