@@ -15,8 +15,8 @@ products, the ones SB3 uses). Runs are spread over worker processes, so no times
 ``deep_rl_speed.py`` measures those.
 
 Prints one JSON line per (variant, seed); ``--only``, ``--seeds FIRST LAST`` and ``--jobs``
-select the runs. All three variants over the default seeds 0-599 take about five hours on two
-cores (per seed, SB3 about 35 s of one core, driftlab 14-16 s).
+select the runs. All three variants over the default seeds 0-599 take about five and a half
+hours on two cores (per seed, SB3 about 35 s of one core, driftlab 14-16 s).
 """
 
 from __future__ import annotations
