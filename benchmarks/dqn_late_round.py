@@ -162,12 +162,13 @@ def main() -> None:
     for choice in products:
         # One pool per backend: DRIFTLAB_MATMUL must be set before a worker's first product.
         with ProcessPoolExecutor(args.jobs, initializer=set_products, initargs=(choice,)) as pool:
-            cases = [(seed, steps) for seed in SEEDS for steps in STEPS]
-            for record in pool.map(case, *zip(*[(choice, s, n) for s, n in cases], strict=True)):
+            seeds, steps = zip(*[(seed, n) for seed in SEEDS for n in STEPS], strict=True)
+            for record in pool.map(case, [choice] * len(seeds), seeds, steps):
                 print(json.dumps(record), flush=True)
 
 
 def markdown(records: list[dict]) -> str:
+    """README table: one row per (products, seed, steps) record."""
     lines = [
         "| driftlab's products | seed | steps | episodes in buffer (cut at 500) | labels exact "
         "| score driftlab / SB3 evaluation | parameters moved | parameter difference "
