@@ -1,5 +1,7 @@
 """Every sampler on the exact denoiser of a 2-D mixture of 8 Gaussians (no training)."""
 
+import math
+
 import pytest
 import torch
 
@@ -110,6 +112,101 @@ def test_solver_order_ve():
     }
     assert err["heun", 18] < err["euler", 35]
     assert err["dpmpp-2m", 10] < err["euler", 50]
+
+
+def _dpmpp_2m_written_out(denoiser, noise, formulation, steps):
+    """DPM-Solver++(2M), Lu et al. 2022 Algorithm 2, step by step on ``x_hat = x / s`` with
+    ``lambda = -log sigma``: ``x' = (sigma'/sigma) x - expm1(-h) D_step``, the multistep
+    ``D_step = (1 + 1/(2r)) D - D_prev / (2r)`` with ``r = h_prev / h``, and ``D`` itself on
+    the last step to sigma = 0. Returns the samples and the states after every step, in the
+    formulation's coordinates."""
+    from driftlab.diffusion.samplers import make_grid
+
+    g = make_grid(get_formulation(formulation), steps)
+    x = noise.to(torch.float64) * g.sigma[0]
+    states, D_prev, h_prev = [], None, None
+    for i in range(steps):
+        D = denoiser(x, torch.full((noise.shape[0],), g.sigma[i], dtype=torch.float64))
+        if g.sigma[i + 1] == 0:
+            x = D
+        else:
+            h = math.log(g.sigma[i] / g.sigma[i + 1])
+            D_step = D
+            if D_prev is not None:
+                r = h_prev / h
+                D_step = (1 + 1 / (2 * r)) * D - D_prev / (2 * r)
+            x = g.sigma[i + 1] / g.sigma[i] * x - math.expm1(-h) * D_step
+            D_prev, h_prev = D, h
+        states.append(x * g.s[i + 1])
+    return x * g.s[-1], torch.stack(states)
+
+
+@pytest.mark.parametrize("formulation", ["edm", "vp", "ve", "fm"])
+def test_dpmpp_2m_is_algorithm_2(formulation):
+    """The sampler (one matrix product per step on stacked state rows) equals Algorithm 2
+    written out, samples and trajectory, on the exact mixture denoiser and on a float64
+    network under each preconditioning (c_skip, c_out and c_in all in play)."""
+    from driftlab.diffusion import Denoiser
+    from driftlab.diffusion.networks import MLP
+
+    noise = _noise(14, 64)
+    torch.manual_seed(0)
+    denoisers = [GM.denoiser]
+    for precond in ("edm", "vp", "ve", "fm"):
+        denoiser = Denoiser(MLP(2, hidden=16, depth=2).double(), precond)
+        with torch.no_grad():
+            for p in denoiser.net.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # the output layer starts at zero
+        denoisers.append(denoiser)
+    for denoiser in denoisers:
+        with torch.no_grad():
+            want, want_states = _dpmpp_2m_written_out(denoiser, noise, formulation, 9)
+        for _ in range(2):  # the second call runs on the plan kept with the levels
+            x, traj = sample(denoiser, noise, formulation, "dpmpp-2m", 9, return_trajectory=True)
+            torch.testing.assert_close(x, want, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(traj[1:], want_states, rtol=1e-12, atol=1e-12)
+
+
+def test_dpmpp_2m_on_image_shaped_noise():
+    """A state of shape [batch, channels, height, width] (rows of the stacked state are views
+    in that shape), with a float32 network under the float64 state."""
+    from driftlab.diffusion import Denoiser
+
+    class PerPixel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, c_noise):
+            return self.conv(x) * torch.cos(c_noise)[:, None, None, None]
+
+    torch.manual_seed(1)
+    denoiser = Denoiser(PerPixel(), "edm")
+    noise = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, _ = _dpmpp_2m_written_out(denoiser, noise, "edm", 6)
+    x = sample(denoiser, noise, "edm", "dpmpp-2m", 6)
+    assert x.shape == noise.shape and x.dtype == noise.dtype
+    torch.testing.assert_close(x, want.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "ddim", "dpmpp-2m"])
+def test_a_network_may_keep_its_inputs(sampler):
+    """A forward hook that keeps the network's inputs (as activation recorders do) finds them
+    as they were: a sampler does not overwrite a tensor after handing it to the network, in
+    the float64 state (the network's input is a cast) and in the float32 state (it is not)."""
+    from driftlab.diffusion import Denoiser
+    from driftlab.diffusion.networks import MLP
+
+    net = MLP(2, hidden=8, depth=2)
+    seen = []
+    net.register_forward_pre_hook(lambda _, args: seen.append((args[0], args[0].clone())))
+    noise = _noise(15, 16)
+    for dtype in (torch.float64, torch.float32):
+        seen.clear()
+        sample(Denoiser(net, "edm"), noise, "edm", sampler, 5, dtype=dtype)
+        assert len(seen) == evaluations_per_sample(sampler, 5)
+        assert all(torch.equal(x, copy) for x, copy in seen), dtype
 
 
 @pytest.mark.parametrize("formulation", ["edm", "fm"])

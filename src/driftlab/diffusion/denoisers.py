@@ -193,6 +193,10 @@ class Level:
     their own coefficients (:meth:`step`), and those that can carry their state as the
     network's scaled input fold ``c_in`` too (:meth:`scaled_coefficients`): each fold saves a
     tensor op per network call.
+
+    ``net_dtype`` is the network's dtype when ``G`` casts its input to it (a float32 network
+    under a float64 sampler state), else None. When set, the cast gives the network a new
+    tensor on every call, so a sampler that reuses its own memory need not copy the input.
     """
 
     sigma: float
@@ -200,6 +204,7 @@ class Level:
     c_skip: float = 0.0
     c_out: float = 1.0
     c_in: float = 1.0
+    net_dtype: torch.dtype | None = None
 
     def F(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output ``G(c_in x)`` for the unscaled ``x_hat``."""
@@ -213,12 +218,6 @@ class Level:
         # Unit coefficients (c_skip of eps, VE and score models) cost no op; add() promotes
         # the network's output to x's dtype inside the kernel.
         return torch.add(x if self.c_skip == 1.0 else x * self.c_skip, out, alpha=self.c_out)
-
-    @property
-    def returns_new(self) -> bool:
-        """Whether :meth:`__call__` returns a tensor it made (``c_skip x + c_out out``), which
-        a sampler may overwrite, rather than the network's output itself."""
-        return self.c_skip != 0.0 or self.c_out != 1.0
 
     def step(self, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """``a x + b D(x)`` as ``(a + b c_skip) x + b c_out F(x)``."""
@@ -353,7 +352,7 @@ class Denoiser(nn.Module):
             return G_cast if cast else G
 
         return Levels(
-            Level(sig, network(noise), skip, out, scale)
+            Level(sig, network(noise), skip, out, scale, dtype if cast else None)
             for sig, skip, out, scale, noise in zip(
                 sigmas,
                 numbers(c_skip),

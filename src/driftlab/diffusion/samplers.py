@@ -25,6 +25,7 @@ The ODE is EDM eq. 4 in the form of EDM Algorithm 1:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import weakref
 from collections.abc import Callable
@@ -172,17 +173,18 @@ class _Run:
         G = functools.partial(level.G, **self.cond) if self.cond else level.G
         if check:
             G = functools.partial(_checked, G)
-        return Level(level.sigma, G, level.c_skip, level.c_out, level.c_in)
+        return Level(level.sigma, G, level.c_skip, level.c_out, level.c_in, level.net_dtype)
 
     def at(self, sigma: float) -> Level:
         """The denoiser at a noise level off the grid (EDM Algorithm 2's raised ``sigma_hat``)."""
         sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
         return self._bind(Level(sigma, functools.partial(self._call, sig)), check=True)
 
-    def start(self, scale: float = 1.0) -> torch.Tensor:
+    def start(self, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
         """``scale x_0``, the start ``x_0 = s(t_0) sigma(t_0) noise`` in any units (``1 / s``
-        for ``x_hat``, ``c_in / s`` for the network's input) as one new tensor."""
-        return self.noise * (self.grid.s[0] * self.grid.sigma[0] * scale)
+        for ``x_hat``, ``c_in / s`` for the network's input) as one new tensor, or in
+        ``out``."""
+        return torch.mul(self.noise, self.grid.s[0] * self.grid.sigma[0] * scale, out=out)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
@@ -352,19 +354,44 @@ def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
     return u if g.s[-1] == 1.0 else u * g.s[-1]
 
 
-def _dpmpp_2m_plan(run: _Run) -> list[tuple[float, float, float]]:
-    """Per step, the weight of ``D`` in the multistep combination (``1 + 1/(2r)``, 1 on the
-    first step), the ratio ``sigma' / sigma`` and the next scale ``s'``."""
+# DPM-Solver++(2M) keeps its state as the rows of one [4, numel] tensor: x_hat, the previous
+# denoised estimate, the network's input c_in x_hat and its output.
+_X, _D_PREV, _U, _F = range(4)
+
+
+def _dpmpp_2m_plan(run: _Run) -> list[tuple[torch.Tensor, float]]:
+    """Per step, the ``[4, 4]`` matrix ``M`` of the step
+    ``(x_hat', D, u', 0) = M (x_hat, D_prev, u, F)`` (one product, see :func:`_dpmpp_2m`; the
+    network's next output takes the zeroed row), and the next scale ``s'``.
+
+    With the level's ``D = c_skip x_hat + c_out F``, the multistep combination
+    ``D_step = w D + (1 - w) D_prev`` and ``ratio = sigma' / sigma``, the step
+    ``x_hat' = ratio x_hat + (1 - ratio) D_step`` has the coefficients
+
+        x_hat: ratio + (1 - ratio) w c_skip,  D_prev: (1 - ratio)(1 - w),  F: (1 - ratio) w c_out,
+
+    and ``u' = c_in' x_hat'`` is the next network input. ``w = 1 + 1/(2r)`` (1 on the first
+    step and on the last, where ``ratio = 0`` makes ``x_hat' = D``).
+    """
     g = run.grid
-    plan = []
-    for i in range(g.n):
+    matrices = []
+    for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
         w = 1.0
         if i > 0 and sig_next > 0:
             r = math.log(g.sigma[i - 1] / sig) / math.log(sig / sig_next)
             w = 1.0 + 0.5 / r
-        plan.append((w, sig_next / sig, g.s[i + 1]))
-    return plan
+        ratio = sig_next / sig
+        x_row = [
+            ratio + (1.0 - ratio) * w * level.c_skip,
+            (1.0 - ratio) * (1.0 - w),
+            0.0,
+            (1.0 - ratio) * w * level.c_out,
+        ]
+        D_row = [level.c_skip, 0.0, 0.0, level.c_out]
+        matrices.append([x_row, D_row, [scale * c for c in x_row], [0.0] * 4])
+    M = torch.tensor(matrices, dtype=run.dtype, device=run.device)
+    return list(zip(M.unbind(0), g.s[1:], strict=True))
 
 
 def _dpmpp_2m(run: _Run) -> torch.Tensor:
@@ -374,27 +401,41 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
     With ``h = lambda' - lambda`` and ``r = h_prev / h``, the second-order multistep
     correction (eq. 17) replaces ``D`` by ``(1 + 1/(2r)) D - D_prev / (2r)``, and the step is
     ``x_hat' = ratio x_hat + (1 - ratio) D_step`` with ``ratio = sigma' / sigma``.
+
+    The new state, the new denoised estimate and the next network input are all linear in
+    ``(x_hat, D_prev, u, F)`` with the network's output ``F = G(u)``, so a step is the network
+    call, a copy of its output into the state's ``F`` row and one matrix product into the
+    other of two states (:func:`_dpmpp_2m_plan`). Written out, the step takes four ops besides
+    the network call: the scaling by ``c_in``, ``D`` and two interpolations. On a small batch
+    an op's cost is mostly its dispatch, not its arithmetic, so the fewer ops are what keeps
+    the sampler's time near that of its network calls (``benchmarks/samplers.py``).
     """
     g = run.grid
-    x_hat = run.start(1.0 / g.s[0])
-    D_prev: torch.Tensor | None = None
+    shape = run.noise.shape
     recording = run.trajectory is not None
     plan = _plan(run, "dpmpp-2m", _dpmpp_2m_plan)
-    own_prev = False  # whether D_prev is a tensor made here (not the denoiser's output)
-    for level, (w, ratio, s_next) in zip(run.levels, plan, strict=True):
-        D = level(x_hat)
-        if ratio == 0.0:  # the last step, to sigma = 0
-            x_hat = D
-        elif D_prev is None:
-            x_hat = torch.lerp(D, x_hat, ratio)  # D + ratio (x_hat - D)
-        else:
-            # D_prev is not needed after this step: its memory takes the new state if it is ours.
-            D_step = D_prev.lerp_(D, w) if own_prev else torch.lerp(D_prev, D, w)
-            x_hat = D_step.lerp_(x_hat, ratio)
-        D_prev, own_prev = D, level.returns_new
+    # Rows (x_hat, D_prev, u, F) of two states that take turns; D_prev starts at 0, which
+    # its zero weight on the first step then leaves out exactly.
+    memory = torch.zeros((8, run.noise.numel()), dtype=run.dtype, device=run.device)
+    states = memory.view(2, 4, -1).unbind(0)
+    rows = memory.view(8, *shape).unbind(0)
+    rows = rows[:4], rows[4:]  # rows[k][_X]: the x_hat of state k, shaped as the noise
+    run.start(1.0 / g.s[0], out=rows[0][_X])
+    run.start(run.levels[0].c_in / g.s[0], out=rows[0][_U])
+    # Per turn: the network's input and output rows of the current state, the current
+    # state, the other state (which the step writes) and its x_hat.
+    turns = [(*rows[k][_U:], states[k], states[1 - k], rows[1 - k][_X]) for k in (0, 1)]
+    for level, (M, s_next), (u, F, state, out, x_next) in zip(
+        run.levels, plan, itertools.cycle(turns)
+    ):
+        # The network gets a tensor of its own, which it may keep: G's cast to its dtype
+        # makes one, else a copy does.
+        F.copy_(level.G(u if level.net_dtype is not None else u.clone()))
+        torch.mm(M, state, out=out)
         if recording:
-            run.record(x_hat, s_next)
-    return x_hat if g.s[-1] == 1.0 else x_hat * g.s[-1]
+            run.record(x_next, s_next)
+    x_hat = rows[g.n % 2][_X]
+    return x_hat * g.s[-1] if g.s[-1] != 1.0 else x_hat.clone()
 
 
 # ----- samplers on x_hat and sigma alone -----------------------------------------------------
