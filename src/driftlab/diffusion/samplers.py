@@ -354,8 +354,8 @@ def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
     return u if g.s[-1] == 1.0 else u * g.s[-1]
 
 
-# DPM-Solver++(2M) keeps its state as the rows of one [4, numel] tensor: x_hat, the previous
-# denoised estimate, the network's input c_in x_hat and its output.
+# The rows of a DPM-Solver++(2M) state ([4, numel]): x_hat, the previous denoised estimate,
+# the network's input c_in x_hat and its output.
 _X, _D_PREV, _U, _F = range(4)
 
 
@@ -424,7 +424,7 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
     run.start(run.levels[0].c_in / g.s[0], out=rows[0][_U])
     # Per turn: the network's input and output rows of the current state, the current
     # state, the other state (which the step writes) and its x_hat.
-    turns = [(*rows[k][_U:], states[k], states[1 - k], rows[1 - k][_X]) for k in (0, 1)]
+    turns = [(rows[k][_U], rows[k][_F], states[k], states[1 - k], rows[1 - k][_X]) for k in (0, 1)]
     for level, (M, s_next), (u, F, state, out, x_next) in zip(
         run.levels, plan, itertools.cycle(turns)
     ):
@@ -435,6 +435,7 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
         if recording:
             run.record(x_next, s_next)
     x_hat = rows[g.n % 2][_X]
+    # A new tensor either way: the result does not hold on to the states' memory.
     return x_hat * g.s[-1] if g.s[-1] != 1.0 else x_hat.clone()
 
 
