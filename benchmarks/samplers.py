@@ -23,8 +23,8 @@ shared one. Each measurement of a sampler sits between two of the bare calls, th
 rotate the order, and a process's ratio is the median over its rounds. The whole
 measurement runs in ``PROCESSES`` fresh processes, one after another, and the ratio reported
 is the median of theirs: from one process to the next every loop's ratio, diffusers'
-included, moves together by up to 0.03 at batch 100 (memory placement and the machine's
-state), more than the rounds within a process spread. glibc is asked to keep
+included, moves together by up to 0.03 at batch 100, more than the rounds within a process
+spread (the cause is not pinned down). glibc is asked to keep
 freed memory (``mallopt``): otherwise each 10 MB activation at batch 10,000 is a fresh
 ``mmap`` whose page faults cost more than a sampler step and vary with the other processes
 on the machine; the allocator is the same for both libraries and the bare calls. Denormal
