@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from diffusion_helpers import perturbed_mlp_denoiser
 from torch import nn
 
 from driftlab.diffusion import (
@@ -143,13 +144,7 @@ def test_prediction_coefficients_reject_unknown():
 def test_precomputed_levels_equal_the_plain_call(precond, sampler):
     """Samplers use ``Denoiser.at_levels`` (the grid's preconditioning computed once); the
     result equals calling the same denoiser level by level through a plain function."""
-    from driftlab.diffusion.networks import MLP
-
-    torch.manual_seed(0)
-    denoiser = Denoiser(MLP(2, hidden=16, depth=2), precond)
-    with torch.no_grad():
-        for p in denoiser.net.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # the output layer starts at zero
+    denoiser = perturbed_mlp_denoiser(precond)
     noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     fast = sample(denoiser, noise, "vp", sampler, 8, generator=torch.Generator().manual_seed(2))
     plain = sample(
@@ -163,22 +158,11 @@ def test_precomputed_levels_equal_the_plain_call(precond, sampler):
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
 
 
-def _trained_mlp_denoiser(precond="vp"):
-    from driftlab.diffusion.networks import MLP
-
-    torch.manual_seed(0)
-    denoiser = Denoiser(MLP(2, hidden=16, depth=2), precond)
-    with torch.no_grad():
-        for p in denoiser.net.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # the output layer starts at zero
-    return denoiser
-
-
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve", "fm"])
 def test_level_is_the_denoiser_and_its_step_the_linear_combination(precond):
     """A level's ``D`` equals the plain call; ``step(x, a, b)`` equals ``a x + b D(x)``, and
     ``scaled_coefficients`` give it on the network's scaled input."""
-    denoiser = _trained_mlp_denoiser(precond)
+    denoiser = perturbed_mlp_denoiser(precond)
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
         for level in denoiser.at_levels([5.0, 0.5, 0.05], x):
@@ -203,7 +187,7 @@ def test_level_is_the_denoiser_and_its_step_the_linear_combination(precond):
 def test_levels_are_kept_per_grid_and_follow_the_network():
     """``at_levels`` is answered from its cache for the same grid, batch and dtype, and not
     after the network is replaced or changes dtype."""
-    denoiser = _trained_mlp_denoiser()
+    denoiser = perturbed_mlp_denoiser()
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     sigmas = [2.0, 1.0, 0.1]
     levels = denoiser.at_levels(sigmas, x)
@@ -213,7 +197,7 @@ def test_levels_are_kept_per_grid_and_follow_the_network():
     assert denoiser.at_levels(sigmas, x.float()) is not levels
 
     with torch.no_grad():
-        other = _trained_mlp_denoiser().net
+        other = perturbed_mlp_denoiser().net
         for p in other.parameters():
             p.mul_(2.0)
         denoiser.net = other
@@ -227,7 +211,7 @@ def test_kept_levels_do_not_keep_the_denoiser_alive():
     import gc
     import weakref
 
-    denoiser = _trained_mlp_denoiser()
+    denoiser = perturbed_mlp_denoiser()
     denoiser.at_levels([1.0, 0.1], torch.zeros(4, 2, dtype=torch.float64))
     ref = weakref.ref(denoiser)
     del denoiser
@@ -276,7 +260,7 @@ def test_plans_kept_with_the_levels_follow_the_grid(sampler):
     first, give what a plain function denoiser gives, which keeps nothing."""
     from driftlab.diffusion.samplers import make_grid
 
-    denoiser = _trained_mlp_denoiser()
+    denoiser = perturbed_mlp_denoiser()
     plain = lambda x, sigma: denoiser(x, sigma)  # noqa: E731
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     vp = get_formulation("vp")

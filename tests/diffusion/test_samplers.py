@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from diffusion_helpers import perturbed_mlp_denoiser
 
 from driftlab.core import ConfigError
 from driftlab.diffusion import (
@@ -146,18 +147,10 @@ def test_dpmpp_2m_is_algorithm_2(formulation):
     """The sampler (one matrix product per step on stacked state rows) equals Algorithm 2
     written out, samples and trajectory, on the exact mixture denoiser and on a float64
     network under each preconditioning (c_skip, c_out and c_in all in play)."""
-    from driftlab.diffusion import Denoiser
-    from driftlab.diffusion.networks import MLP
-
     noise = _noise(14, 64)
-    torch.manual_seed(0)
     denoisers = [GM.denoiser]
     for precond in ("edm", "vp", "ve", "fm"):
-        denoiser = Denoiser(MLP(2, hidden=16, depth=2).double(), precond)
-        with torch.no_grad():
-            for p in denoiser.net.parameters():
-                p.add_(0.1 * torch.randn_like(p))  # the output layer starts at zero
-        denoisers.append(denoiser)
+        denoisers.append(perturbed_mlp_denoiser(precond, dtype=torch.float64))
     for denoiser in denoisers:
         with torch.no_grad():
             want, want_states = _dpmpp_2m_written_out(denoiser, noise, formulation, 9)
