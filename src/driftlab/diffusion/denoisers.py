@@ -231,6 +231,27 @@ class Level:
         return scale * (a + b * self.c_skip) / self.c_in, scale * b * self.c_out
 
 
+# Tensor.float() and its kin skip Tensor.to()'s overload resolution, a third of what a cast
+# of a small tensor costs; a sampler casts its state for the network on every call.
+_CASTS: dict[torch.dtype, Callable[[torch.Tensor], torch.Tensor]] = {
+    torch.float32: torch.Tensor.float,
+    torch.float64: torch.Tensor.double,
+    torch.float16: torch.Tensor.half,
+    torch.bfloat16: torch.Tensor.bfloat16,
+}
+
+
+def caster(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x.to(dtype)`` (``x`` itself when it has that dtype), in its cheapest form."""
+    cast = _CASTS.get(dtype)
+    if cast is None:
+
+        def cast(x: torch.Tensor) -> torch.Tensor:
+            return x.to(dtype=dtype)
+
+    return cast
+
+
 def combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Tensor:
     """``a x + b out`` in ``x``'s dtype in one or two ops."""
     if a == 1.0:
@@ -334,7 +355,7 @@ class Denoiser(nn.Module):
         # The network gets c_noise as forward() gives it: a contiguous [batch] tensor.
         c_noise = c_noise.to(dtype).expand(sigma.shape)
         c_noise = c_noise[:, None].expand(len(sigmas), like.shape[0]).contiguous()
-        cast = like.dtype != dtype
+        cast = caster(dtype) if like.dtype != dtype else None
 
         def numbers(coef: torch.Tensor) -> list[float]:
             values = coef.to(like.dtype).tolist()  # a constant comes back as one number
@@ -347,12 +368,12 @@ class Denoiser(nn.Module):
                 return net(u, c_noise, **cond)
 
             def G_cast(u: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-                return net(u.to(dtype), c_noise, **cond)
+                return net(cast(u), c_noise, **cond)
 
-            return G_cast if cast else G
+            return G if cast is None else G_cast
 
         return Levels(
-            Level(sig, network(noise), skip, out, scale, dtype if cast else None)
+            Level(sig, network(noise), skip, out, scale, None if cast is None else dtype)
             for sig, skip, out, scale, noise in zip(
                 sigmas,
                 numbers(c_skip),
