@@ -261,19 +261,20 @@ def combine(x: torch.Tensor, a: float, out: torch.Tensor, b: float) -> torch.Ten
 
 
 def _dtype_of(net: nn.Module) -> torch.dtype:
-    """The dtype of ``net``'s first parameter (float32 without parameters).
+    """The dtype of ``net``'s first parameter in ``parameters()``' order (float32 without
+    parameters). Walked by hand: ``parameters()``' generator machinery costs a microsecond,
+    which a sampler call on a small batch notices."""
+    return _first_dtype(net) or torch.float32
 
-    The modules are walked in ``parameters()``' order; its generator machinery costs a few
-    microseconds, which a sampler call on a small batch notices.
-    """
-    modules = [net]
-    while modules:
-        module = modules.pop()
-        for param in module._parameters.values():
-            if param is not None:
-                return param.dtype
-        modules.extend(m for m in reversed(module._modules.values()) if m is not None)
-    return torch.float32
+
+def _first_dtype(module: nn.Module) -> torch.dtype | None:
+    for param in module._parameters.values():
+        if param is not None:
+            return param.dtype
+    for child in module._modules.values():
+        if child is not None and (dtype := _first_dtype(child)) is not None:
+            return dtype
+    return None
 
 
 class Levels(list):

@@ -144,12 +144,20 @@ class _Run:
         self.cond = cond
         self.trajectory: list[torch.Tensor] | None = [] if record else None
         levels = self.given_levels = self._levels(grid.sigma[:-1], noise)  # the last sigma is 0
-        # Every sampler starts at levels[0] or at an off-grid level (see at()), so checking
-        # the output there checks the denoiser once per call.
+        plans = getattr(levels, "plans", None)
+        if cond or plans is None:
+            self.levels = self._bound(levels)
+        else:  # without cond the bound levels depend on the levels alone: kept with them
+            self.levels = plans.get("bound") or plans.setdefault("bound", self._bound(levels))
+
+    def _bound(self, levels: list[Level]) -> list[Level]:
+        """``levels`` with this call's ``cond`` given to the network. Every sampler starts at
+        ``levels[0]`` or at an off-grid level (see :meth:`at`), so checking the output there
+        checks the denoiser once per call."""
         first = self._bind(levels[0], check=True)
-        if cond:
+        if self.cond:
             levels = [self._bind(level, check=False) for level in levels]
-        self.levels = [first, *levels[1:]]
+        return [first, *levels[1:]]
 
     def _levels(self, sigmas: list[float], like: torch.Tensor) -> list[Level]:
         """``D(., sigma_i)`` for every noise level of the grid, made before the loop so that a
@@ -216,7 +224,7 @@ def _next_scales(run: _Run) -> list[float]:
     return [level.c_in for level in run.levels[1:]] + [1.0]
 
 
-def _plan(run: _Run, name: Any, build: Callable[[_Run], list]) -> list:
+def _plan(run: _Run, name: Any, build: Callable[[_Run], Any]) -> Any:
     """The per-step numbers of sampler ``name`` on this run's grid and levels, from
     ``build(run)``.
 
@@ -362,10 +370,12 @@ def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
 _X, _D_PREV, _U, _F = range(4)
 
 
-def _dpmpp_2m_plan(run: _Run) -> list[tuple[torch.Tensor, float]]:
-    """Per step, the ``[4, 4]`` matrix ``M`` of the step
-    ``(x_hat', D, u', 0) = M (x_hat, D_prev, u, F)`` (one product, see :func:`_dpmpp_2m`; the
-    network's next output takes the zeroed row), and the next scale ``s'``.
+def _dpmpp_2m_plan(run: _Run) -> tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]:
+    """The ``[4, 1]`` column that times the noise gives the first state
+    ``(x_hat, D_prev, u, F) = (x_hat, 0, c_in x_hat, 0)``, and per step the ``[4, 4]`` matrix
+    ``M`` of the step ``(x_hat', D, u', 0) = M (x_hat, D_prev, u, F)`` (one product, see
+    :func:`_dpmpp_2m`; the network's next output takes the zeroed row) and the next scale
+    ``s'``.
 
     With the level's ``D = c_skip x_hat + c_out F``, the multistep combination
     ``D_step = w D + (1 - w) D_prev`` and ``ratio = sigma' / sigma``, the step
@@ -394,7 +404,10 @@ def _dpmpp_2m_plan(run: _Run) -> list[tuple[torch.Tensor, float]]:
         D_row = [level.c_skip, 0.0, 0.0, level.c_out]
         matrices.append([x_row, D_row, [scale * c for c in x_row], [0.0] * 4])
     M = torch.tensor(matrices, dtype=run.dtype, device=run.device)
-    return list(zip(M.unbind(0), g.s[1:], strict=True))
+    x0 = g.s[0] * g.sigma[0]  # run.start's factor, so that the start is the same product
+    column = [x0 * (1.0 / g.s[0]), 0.0, x0 * (run.levels[0].c_in / g.s[0]), 0.0]
+    start = torch.tensor(column, dtype=run.dtype, device=run.device)[:, None]
+    return start, list(zip(M.unbind(0), g.s[1:], strict=True))
 
 
 def _dpmpp_2m(run: _Run) -> torch.Tensor:
@@ -416,15 +429,15 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
     g = run.grid
     shape = run.noise.shape
     recording = run.trajectory is not None
-    plan = _plan(run, "dpmpp-2m", _dpmpp_2m_plan)
-    # Rows (x_hat, D_prev, u, F) of two states that take turns; D_prev starts at 0, which
-    # its zero weight on the first step then leaves out exactly.
-    memory = torch.zeros((8, run.noise.numel()), dtype=run.dtype, device=run.device)
+    start, plan = _plan(run, "dpmpp-2m", _dpmpp_2m_plan)
+    # Rows (x_hat, D_prev, u, F) of two states that take turns. The first is written whole
+    # by one product with the noise; D_prev starts at 0, which its zero weight on the first
+    # step then leaves out exactly. The first step writes the second state whole.
+    memory = torch.empty((8, run.noise.numel()), dtype=run.dtype, device=run.device)
     states = memory.view(2, 4, -1).unbind(0)
+    torch.mul(run.noise.reshape(1, -1), start, out=states[0])
     rows = memory.view(8, *shape).unbind(0)
     rows = rows[:4], rows[4:]  # rows[k][_X]: the x_hat of state k, shaped as the noise
-    run.start(1.0 / g.s[0], out=rows[0][_X])
-    run.start(run.levels[0].c_in / g.s[0], out=rows[0][_U])
     # Per turn: the network's input and output rows of the current state, the current
     # state, the other state (which the step writes) and its x_hat.
     turns = [(rows[k][_U], rows[k][_F], states[k], states[1 - k], rows[1 - k][_X]) for k in (0, 1)]
