@@ -294,3 +294,15 @@ def test_network_dtype_is_its_first_parameter_s():
     for net, dtype in zip(nets, expected, strict=True):
         assert _dtype_of(net) == dtype
         assert _dtype_of(net) == next(iter(net.parameters()), torch.zeros(1)).dtype
+
+
+def test_caster_is_tensor_to():
+    """``caster(dtype)`` gives what ``Tensor.to(dtype)`` gives, the tensor itself when it
+    already has the dtype, for the float types it has a method for and for any other."""
+    from driftlab.diffusion.denoisers import caster
+
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 7
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32):
+        y = caster(dtype)(x)
+        assert y.dtype == dtype and torch.equal(y, x.to(dtype)), dtype
+        assert caster(dtype)(y) is y, dtype

@@ -323,3 +323,66 @@ def test_samplers_leave_the_denoiser_s_tensors_alone(sampler):
     sample(denoiser, _noise(0, 8), "vp", sampler, 4, torch.Generator().manual_seed(0), **options)
     assert torch.equal(kept, torch.full((8, 2), 0.25, dtype=torch.float64))
     assert all(torch.equal(x, copy) for x, copy in inputs)
+
+
+def test_the_denoiser_s_output_is_checked_on_every_call():
+    """The checked first level is kept with the denoiser's levels between calls; the check
+    still runs in each call, with and without cond."""
+    from driftlab.diffusion import Denoiser
+
+    class Switch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.broken = False
+
+        def forward(self, x, c_noise, **cond):
+            out = self.lin(x)
+            return out[:, :1] if self.broken else out
+
+    net = Switch()
+    denoiser = Denoiser(net, "edm")
+    noise = _noise(16, 4)
+    for _ in range(2):
+        sample(denoiser, noise, "edm", "euler", 3)
+    sample(denoiser, noise, "edm", "euler", 3, cond={"label": torch.zeros(4)})
+    net.broken = True
+    for cond in ({}, {"label": torch.zeros(4)}):
+        with pytest.raises(ConfigError, match="must return a tensor of the input's shape"):
+            sample(denoiser, noise, "edm", "euler", 3, cond=cond)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "ddim", "dpmpp-2m"])
+def test_samples_are_new_tensors_and_the_noise_is_left_alone(sampler):
+    """With float64 noise (the state's own dtype, so no cast copies it) and non-contiguous
+    noise: the noise is not written, the samples equal those of contiguous noise, and each
+    call's samples are a tensor of their own (the next call does not change them)."""
+    from diffusion_helpers import perturbed_mlp_denoiser
+
+    denoiser = perturbed_mlp_denoiser("vp")
+    noise = _noise(17, 12).T.contiguous().T  # [12, 2], column-major
+    assert not noise.is_contiguous()
+    kept = noise.clone()
+    first = sample(denoiser, noise, "vp", sampler, 6)
+    snapshot = first.clone()
+    second = sample(denoiser, noise, "vp", sampler, 6)
+    assert torch.equal(noise, kept)
+    assert first is not noise and first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, snapshot) and torch.equal(first, second)
+    assert first.untyped_storage().nbytes() == first.numel() * first.element_size()
+    torch.testing.assert_close(first, sample(denoiser, noise.contiguous(), "vp", sampler, 6))
+
+
+def test_samples_carry_no_graph_with_gradients_on_or_off():
+    """sample() turns gradients off itself when they are on, and skips that when they are
+    off already (under inference_mode): the same samples, with no autograd history."""
+    from diffusion_helpers import perturbed_mlp_denoiser
+
+    denoiser = perturbed_mlp_denoiser("edm")
+    noise = _noise(18, 8).float()
+    assert torch.is_grad_enabled()
+    with_grad = sample(denoiser, noise, "edm", "heun", 4)
+    assert not with_grad.requires_grad and with_grad.grad_fn is None
+    with torch.inference_mode():
+        without = sample(denoiser, noise, "edm", "heun", 4)
+    assert torch.equal(with_grad, without)
