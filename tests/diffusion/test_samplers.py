@@ -195,10 +195,12 @@ def test_a_network_may_keep_its_inputs(sampler):
     seen = []
     net.register_forward_pre_hook(lambda _, args: seen.append((args[0], args[0].clone())))
     noise = _noise(15, 16)
+    denoiser, edm = Denoiser(net, "edm"), get_formulation("edm")
     for dtype in (torch.float64, torch.float32):
         seen.clear()
-        sample(Denoiser(net, "edm"), noise, "edm", sampler, 5, dtype=dtype)
-        assert len(seen) == evaluations_per_sample(sampler, 5)
+        for _ in range(2):  # the second call on the state kept from the first
+            sample(denoiser, noise, edm, sampler, 5, dtype=dtype)
+        assert len(seen) == 2 * evaluations_per_sample(sampler, 5)
         assert all(torch.equal(x, copy) for x, copy in seen), dtype
 
 
@@ -360,17 +362,18 @@ def test_samples_are_new_tensors_and_the_noise_is_left_alone(sampler):
     from diffusion_helpers import perturbed_mlp_denoiser
 
     denoiser = perturbed_mlp_denoiser("vp")
+    vp = get_formulation("vp")  # one object, so that the second call reuses the kept state
     noise = _noise(17, 12).T.contiguous().T  # [12, 2], column-major
     assert not noise.is_contiguous()
     kept = noise.clone()
-    first = sample(denoiser, noise, "vp", sampler, 6)
+    first = sample(denoiser, noise, vp, sampler, 6)
     snapshot = first.clone()
-    second = sample(denoiser, noise, "vp", sampler, 6)
+    second = sample(denoiser, noise, vp, sampler, 6)
     assert torch.equal(noise, kept)
     assert first is not noise and first.data_ptr() != second.data_ptr()
     assert torch.equal(first, snapshot) and torch.equal(first, second)
     assert first.untyped_storage().nbytes() == first.numel() * first.element_size()
-    torch.testing.assert_close(first, sample(denoiser, noise.contiguous(), "vp", sampler, 6))
+    torch.testing.assert_close(first, sample(denoiser, noise.contiguous(), vp, sampler, 6))
 
 
 def test_samples_carry_no_graph_with_gradients_on_or_off():
@@ -386,3 +389,63 @@ def test_samples_carry_no_graph_with_gradients_on_or_off():
     with torch.inference_mode():
         without = sample(denoiser, noise, "edm", "heun", 4)
     assert torch.equal(with_grad, without)
+
+
+def test_concurrent_calls_do_not_share_the_kept_state():
+    """The stacked state kept between calls is taken out while a call runs: threads sampling
+    with one denoiser and grid at once get what they get one after another."""
+    import threading
+    import time
+
+    from diffusion_helpers import perturbed_mlp_denoiser
+
+    from driftlab.diffusion import Denoiser
+
+    class Yielding(torch.nn.Module):
+        """The network, sleeping briefly in each call so that the threads take turns inside
+        sampler calls."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, c_noise):
+            time.sleep(1e-4)
+            return self.net(x, c_noise)
+
+    denoiser = Denoiser(Yielding(perturbed_mlp_denoiser("vp").net), "vp")
+    vp = get_formulation("vp")  # one object: one grid, so one kept state for every call
+    noises = [_noise(30 + k, 32) for k in range(4)]
+    want = [sample(denoiser, noise, vp, "heun", 8) for noise in noises]
+    got: dict[int, list[torch.Tensor]] = {k: [] for k in range(4)}
+
+    def work(k):
+        for _ in range(15):
+            got[k].append(sample(denoiser, noises[k], vp, "heun", 8))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in range(4):
+        assert all(torch.equal(x, want[k]) for x in got[k]), k
+
+
+def test_large_states_are_not_kept():
+    """A state above stacked.POOL_ELEMENTS is allocated per call and not kept with the
+    levels; a small one is kept, once per noise shape."""
+    from diffusion_helpers import perturbed_mlp_denoiser
+
+    from driftlab.diffusion.samplers import make_grid
+    from driftlab.diffusion.stacked import POOL_ELEMENTS
+
+    denoiser = perturbed_mlp_denoiser("edm")
+    vp = get_formulation("vp")
+    for batch, kept in ((16, 1), (POOL_ELEMENTS // 8 + 1, 0)):
+        noise = torch.randn(batch, 2, generator=torch.Generator().manual_seed(0))
+        for _ in range(2):
+            x = sample(denoiser, noise, vp, "euler", 3)
+        levels = denoiser.at_levels(make_grid(vp, 3).sigma[:-1], noise.double())
+        assert len(levels.plans.get("programs", {})) == kept, batch
+        assert torch.isfinite(x).all()

@@ -6,13 +6,16 @@ Samplers are pure functions over a precomputed time grid (no stateful schedulers
 grid's coefficients are Python floats computed once (and kept for a formulation object
 sampled again with the same steps), each sampler's per-step numbers are derived from them
 once (and kept with the denoiser's levels, see :func:`_plan`), so a step costs its
-denoiser call and a few tensor ops. The denoiser is taken once per call at every noise level
-of the grid, as a :class:`~driftlab.diffusion.denoisers.Level`
-``D(x_hat) = c_skip x_hat + c_out F(x_hat)``; a denoiser that offers
-``at_levels(sigmas, like)`` (driftlab's ``Denoiser``) gives them with its preconditioning
-split out and computed for the whole grid at once, so that a sampler step ``a x_hat + b D``
-folds ``c_skip`` and ``c_out`` into ``a`` and ``b``. The state is float64 by default, as in
-NVlabs/edm.
+denoiser call and a tensor op or two. Euler, Heun, DPM-Solver++(2M) and DDIM (DDPM too)
+are linear in stacked rows of their state (with a row of fresh noise where DDIM draws it),
+and a step of theirs is one matrix product (:mod:`~driftlab.diffusion.stacked`).
+
+The denoiser is taken once per call at every noise level of the grid, as a
+:class:`~driftlab.diffusion.denoisers.Level` ``D(x_hat) = c_skip x_hat + c_out F(x_hat)``;
+a denoiser that offers ``at_levels(sigmas, like)`` (driftlab's ``Denoiser``) gives them with
+its preconditioning split out and computed for the whole grid at once, so that a sampler
+step ``a x_hat + b D`` folds ``c_skip`` and ``c_out`` into ``a`` and ``b``. The state is
+float64 by default, as in NVlabs/edm.
 
 ODE samplers (``euler``, ``heun``, ``dpmpp-2m``) and ``edm-stochastic`` integrate in the
 formulation's own coordinates ``x = s(t) x_hat``; ``ddim``, ``ddpm``, ``pc`` and
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import math
 import weakref
 from collections.abc import Callable
@@ -45,6 +47,7 @@ from driftlab.core.config import (
 )
 from driftlab.diffusion.denoisers import Level, caster
 from driftlab.diffusion.formulations import Formulation, get_formulation
+from driftlab.diffusion.stacked import LinearPlan, linear_plan, run_linear
 
 DenoiserFn = Callable[..., torch.Tensor]
 
@@ -133,12 +136,14 @@ class _Run:
         generator: torch.Generator | None,
         record: bool,
         cond: dict[str, Any],
+        out_dtype: torch.dtype | None = None,
     ) -> None:
         self.denoiser = denoiser
         self.grid = grid
         self.noise = noise
         self.batch = noise.shape[0]
         self.dtype = noise.dtype
+        self.out_dtype = noise.dtype if out_dtype is None else out_dtype  # the samples'
         self.device = noise.device
         self.generator = generator
         self.cond = cond
@@ -193,7 +198,11 @@ class _Run:
         """``scale x_0``, the start ``x_0 = s(t_0) sigma(t_0) noise`` in any units (``1 / s``
         for ``x_hat``, ``c_in / s`` for the network's input) as one new tensor, or in
         ``out``."""
-        return torch.mul(self.noise, self.grid.s[0] * self.grid.sigma[0] * scale, out=out)
+        return torch.mul(self.noise, self.start_factor(scale), out=out)
+
+    def start_factor(self, scale: float = 1.0) -> float:
+        """The number that times the noise gives :meth:`start`."""
+        return self.grid.s[0] * self.grid.sigma[0] * scale
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
@@ -245,20 +254,23 @@ def _plan(run: _Run, name: Any, build: Callable[[_Run], Any]) -> Any:
     return entry[1]
 
 
-def _euler_plan(run: _Run) -> list[tuple[float, float, float]]:
-    """Per step ``(c_u, c_G, to_x)``: ``u' = c_u u + c_G G(u)`` is the Euler step
-    ``x' = x + h (alpha x + beta D)`` of ``x = s x_hat`` on the state ``u = c_in x_hat``,
-    and ``to_x = s' / c_in'`` turns ``u'`` back into ``x'``."""
+def _euler_plan(run: _Run) -> LinearPlan:
+    """Rows ``(u, F)``: the state ``u = c_in x_hat`` and the network's output. Per step
+    ``u' = c_u u + c_G G(u)`` is the Euler step ``x' = x + h (alpha x + beta D)`` of
+    ``x = s x_hat``, with ``c_in'`` of the next level folded in, and ``x' = (s' / c_in') u'``
+    is recorded."""
     g = run.grid
-    plan = []
+    evaluations = []
     for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         alpha, beta = g.ode_coefficients(i)
         h = g.t[i + 1] - g.t[i]
         s_next = g.s[i + 1]
         # x_hat' = x' / s' with x = s x_hat.
         a, b = (1.0 + h * alpha) * g.s[i] / s_next, h * beta / s_next
-        plan.append((*level.scaled_coefficients(a, b, scale), s_next / scale))
-    return plan
+        c_u, c_G = level.scaled_coefficients(a, b, scale)
+        evaluations.append((i, 0, 1, [[c_u, c_G], [0.0, 0.0]], (0, s_next / scale)))
+    start = [run.start_factor(run.levels[0].c_in / g.s[0]), 0.0]
+    return linear_plan(run, start, evaluations)
 
 
 def _euler(run: _Run) -> torch.Tensor:
@@ -266,19 +278,11 @@ def _euler(run: _Run) -> torch.Tensor:
 
     The step ``x' = x + h (alpha x + beta D)`` is taken in the formulation's coordinates; the
     state is stored as the network's next input ``u = c_in x_hat`` (``x_hat = x / s``), which
-    saves two scaling ops, and the step is one linear combination of ``u`` and the network's
-    output, with coefficients from :func:`_euler_plan`.
+    saves the scaling of every network input, and the step is one linear combination of
+    ``u`` and the network's output, with coefficients from :func:`_euler_plan`, taken as one
+    product on the stacked rows (:mod:`~driftlab.diffusion.stacked`).
     """
-    g = run.grid
-    recording = run.trajectory is not None
-    u = run.start(run.levels[0].c_in / g.s[0])
-    for level, (c_u, c_G, to_x) in zip(run.levels, _plan(run, "euler", _euler_plan), strict=True):
-        # Written out rather than through combine(), one Python call fewer per step; add_
-        # works on the new product, never on u, which the network may keep.
-        u = u.mul(c_u).add_(level.G(u), alpha=c_G)
-        if recording:
-            run.record(u, to_x)
-    return u if g.s[-1] == 1.0 else u * g.s[-1]
+    return run_linear(run, _plan(run, "euler", _euler_plan), "euler")
 
 
 # Heun's step on the state u = c_in x_hat: the predictor u' = c_u u + c_G G(u) and, when the
@@ -322,39 +326,71 @@ def _heun_plan(run: _Run) -> list[_HeunStep]:
     ]
 
 
+def _heun_linear_plan(run: _Run) -> LinearPlan:
+    """Rows ``(u, F, u', F')``: the state, the network's output on it, the predictor and
+    the network's output on that. The predictor's evaluation keeps ``u`` and forms
+    ``u' = c_u u + c_G F``; the corrector's forms ``c_prev u + c_u2 u' + c_G2 F'``, the next
+    state (:func:`_heun_step`). The last step, which ends at sigma = 0, has no corrector."""
+    evaluations = []
+    for i, (c_u, c_G, corrector, to_x) in enumerate(_plan(run, "heun", _heun_plan)):
+        if corrector is None:
+            evaluations.append((i, 0, 1, [[c_u, c_G, 0.0, 0.0], *_ZERO_ROWS[:3]], (0, to_x)))
+            continue
+        c_u2, c_G2, c_prev = corrector
+        predictor = [[1.0, 0.0, 0.0, 0.0], _ZERO_ROWS[0], [c_u, c_G, 0.0, 0.0], _ZERO_ROWS[0]]
+        evaluations.append((i, 0, 1, predictor, None))
+        evaluations.append((i + 1, 2, 3, [[c_prev, 0.0, c_u2, c_G2], *_ZERO_ROWS[:3]], (0, to_x)))
+    start = [run.start_factor(run.levels[0].c_in / run.grid.s[0]), 0.0, 0.0, 0.0]
+    return linear_plan(run, start, evaluations)
+
+
+_ZERO_ROWS = [[0.0] * 4] * 3
+
+
+def _churn_gamma(churn: dict[str, float], sigma: float, n: int) -> float:
+    """EDM Algorithm 2's gamma at noise level ``sigma`` of an ``n``-step grid."""
+    if churn["S_min"] <= sigma <= churn["S_max"]:
+        return min(churn["S_churn"] / n, math.sqrt(2.0) - 1.0)
+    return 0.0
+
+
 def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
     """Heun's 2nd-order method, EDM Algorithm 1 (Algorithm 2 when ``churn`` is given), in
     general ``(s, sigma)`` form as in NVlabs/edm's ablation sampler.
 
     As in :func:`_euler`, the steps are those of ``x = s x_hat`` but the state is the
     network's input ``u = c_in x_hat``; :func:`_heun_step` gives each step's coefficients.
+    Without churn (or where it raises no noise level) a step is two stacked-row products
+    (:func:`_heun_linear_plan`); with churn the loop is written out, since a raised level
+    has coefficients of its own.
     """
     g = run.grid
     formulation = churn.pop("formulation") if churn else None
+    if not churn or not any(_churn_gamma(churn, sigma, g.n) > 0 for sigma in g.sigma[:-1]):
+        return run_linear(run, _plan(run, "heun-linear", _heun_linear_plan), "heun")
     recording = run.trajectory is not None
     plan = _plan(run, "heun", _heun_plan)
     u = run.start(run.levels[0].c_in / g.s[0])
     for i, (level, step) in enumerate(zip(run.levels, plan, strict=True)):
-        if churn:
-            # EDM Algorithm 2, lines 4-6: raise the noise level to sigma_hat = (1 + gamma) sigma.
-            sig_cur = g.sigma[i]
-            gamma = 0.0
-            if churn["S_min"] <= sig_cur <= churn["S_max"]:
-                gamma = min(churn["S_churn"] / g.n, math.sqrt(2.0) - 1.0)
-            if gamma > 0:
-                sig_hat = sig_cur * (1 + gamma)
-                t_hat = float(formulation.sigma_inv(sig_hat))
-                s_hat = float(formulation.scale(t_hat))
-                std = math.sqrt(sig_hat**2 - sig_cur**2) * churn["S_noise"]
-                x_hat = u / level.c_in
-                u = torch.add(x_hat, run.randn_like(x_hat), alpha=std)
-                ds = float(formulation.scale_deriv(t_hat))
-                dsig = float(formulation.sigma_deriv(t_hat))
-                alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
-                level = run.at(sig_hat)  # c_in = 1: u is x_hat
-                step = _heun_step(run, i, level, t_hat, s_hat, alpha, beta)
+        # EDM Algorithm 2, lines 4-6: raise the noise level to sigma_hat = (1 + gamma) sigma.
+        sig_cur = g.sigma[i]
+        gamma = _churn_gamma(churn, sig_cur, g.n)
+        if gamma > 0:
+            sig_hat = sig_cur * (1 + gamma)
+            t_hat = float(formulation.sigma_inv(sig_hat))
+            s_hat = float(formulation.scale(t_hat))
+            std = math.sqrt(sig_hat**2 - sig_cur**2) * churn["S_noise"]
+            x_hat = u / level.c_in
+            u = torch.add(x_hat, run.randn_like(x_hat), alpha=std)
+            ds = float(formulation.scale_deriv(t_hat))
+            dsig = float(formulation.sigma_deriv(t_hat))
+            alpha, beta = dsig / sig_hat + ds / s_hat, -dsig * s_hat / sig_hat
+            level = run.at(sig_hat)  # c_in = 1: u is x_hat
+            step = _heun_step(run, i, level, t_hat, s_hat, alpha, beta)
         c_u, c_G, corrector, to_x = step
-        u_next = u.mul(c_u).add_(level.G(u), alpha=c_G)  # as in _euler
+        # The predictor, then the corrector (lines 7-11); add_ works on new products, never
+        # on u, which the network may keep.
+        u_next = u.mul(c_u).add_(level.G(u), alpha=c_G)
         if corrector is not None:
             c_u2, c_G2, c_prev = corrector
             G2 = run.levels[i + 1].G(u_next)
@@ -365,17 +401,11 @@ def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
     return u if g.s[-1] == 1.0 else u * g.s[-1]
 
 
-# The rows of a DPM-Solver++(2M) state ([4, numel]): x_hat, the previous denoised estimate,
-# the network's input c_in x_hat and its output.
-_X, _D_PREV, _U, _F = range(4)
-
-
-def _dpmpp_2m_plan(run: _Run) -> tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]:
-    """The ``[4, 1]`` column that times the noise gives the first state
-    ``(x_hat, D_prev, u, F) = (x_hat, 0, c_in x_hat, 0)``, and per step the ``[4, 4]`` matrix
-    ``M`` of the step ``(x_hat', D, u', 0) = M (x_hat, D_prev, u, F)`` (one product, see
-    :func:`_dpmpp_2m`; the network's next output takes the zeroed row) and the next scale
-    ``s'``.
+def _dpmpp_2m_plan(run: _Run) -> LinearPlan:
+    """Rows ``(x_hat, D_prev, u, F)``: the state, the previous denoised estimate, the
+    network's input ``c_in x_hat`` and its output. Per step the product gives
+    ``(x_hat', D, u', 0)``; ``D_prev`` starts at 0, which its zero weight on the first step
+    leaves out exactly.
 
     With the level's ``D = c_skip x_hat + c_out F``, the multistep combination
     ``D_step = w D + (1 - w) D_prev`` and ``ratio = sigma' / sigma``, the step
@@ -387,7 +417,7 @@ def _dpmpp_2m_plan(run: _Run) -> tuple[torch.Tensor, list[tuple[torch.Tensor, fl
     step and on the last, where ``ratio = 0`` makes ``x_hat' = D``).
     """
     g = run.grid
-    matrices = []
+    evaluations = []
     for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
         w = 1.0
@@ -402,12 +432,15 @@ def _dpmpp_2m_plan(run: _Run) -> tuple[torch.Tensor, list[tuple[torch.Tensor, fl
             (1.0 - ratio) * w * level.c_out,
         ]
         D_row = [level.c_skip, 0.0, 0.0, level.c_out]
-        matrices.append([x_row, D_row, [scale * c for c in x_row], [0.0] * 4])
-    M = torch.tensor(matrices, dtype=run.dtype, device=run.device)
-    x0 = g.s[0] * g.sigma[0]  # run.start's factor, so that the start is the same product
-    column = [x0 * (1.0 / g.s[0]), 0.0, x0 * (run.levels[0].c_in / g.s[0]), 0.0]
-    start = torch.tensor(column, dtype=run.dtype, device=run.device)[:, None]
-    return start, list(zip(M.unbind(0), g.s[1:], strict=True))
+        M = [x_row, D_row, [scale * c for c in x_row], [0.0] * 4]
+        evaluations.append((i, 2, 3, M, (0, g.s[i + 1])))
+    start = [
+        run.start_factor(1.0 / g.s[0]),
+        0.0,
+        run.start_factor(run.levels[0].c_in / g.s[0]),
+        0.0,
+    ]
+    return linear_plan(run, start, evaluations)
 
 
 def _dpmpp_2m(run: _Run) -> torch.Tensor:
@@ -420,49 +453,22 @@ def _dpmpp_2m(run: _Run) -> torch.Tensor:
 
     The new state, the new denoised estimate and the next network input are all linear in
     ``(x_hat, D_prev, u, F)`` with the network's output ``F = G(u)``, so a step is the network
-    call, a copy of its output into the state's ``F`` row and one matrix product into the
-    other of two states (:func:`_dpmpp_2m_plan`). Written out, the step takes four ops besides
-    the network call: the scaling by ``c_in``, ``D`` and two interpolations. On a small batch
-    an op's cost is mostly its dispatch, not its arithmetic, so the fewer ops are what keeps
-    the sampler's time near that of its network calls (``benchmarks/samplers.py``).
+    call and one product on the stacked rows (:func:`_dpmpp_2m_plan`,
+    :mod:`~driftlab.diffusion.stacked`). Written out, the step takes four ops besides the
+    network call: the scaling by ``c_in``, ``D`` and two interpolations.
     """
-    g = run.grid
-    shape = run.noise.shape
-    recording = run.trajectory is not None
-    start, plan = _plan(run, "dpmpp-2m", _dpmpp_2m_plan)
-    # Rows (x_hat, D_prev, u, F) of two states that take turns. The first is written whole
-    # by one product with the noise; D_prev starts at 0, which its zero weight on the first
-    # step then leaves out exactly. The first step writes the second state whole.
-    memory = torch.empty((8, run.noise.numel()), dtype=run.dtype, device=run.device)
-    states = memory.view(2, 4, -1).unbind(0)
-    torch.mul(run.noise.reshape(1, -1), start, out=states[0])
-    rows = memory.view(8, *shape).unbind(0)
-    rows = rows[:4], rows[4:]  # rows[k][_X]: the x_hat of state k, shaped as the noise
-    # Per turn: the network's input and output rows of the current state, the current
-    # state, the other state (which the step writes) and its x_hat.
-    turns = [(rows[k][_U], rows[k][_F], states[k], states[1 - k], rows[1 - k][_X]) for k in (0, 1)]
-    for level, (M, s_next), (u, F, state, out, x_next) in zip(
-        run.levels, plan, itertools.cycle(turns)
-    ):
-        # The network gets a tensor of its own, which it may keep: G's cast to its dtype
-        # makes one, else a copy does.
-        F.copy_(level.G(u if level.net_dtype is not None else u.clone()))
-        torch.mm(M, state, out=out)
-        if recording:
-            run.record(x_next, s_next)
-    x_hat = rows[g.n % 2][_X]
-    # A new tensor either way: the result does not hold on to the states' memory.
-    return x_hat * g.s[-1] if g.s[-1] != 1.0 else x_hat.clone()
+    return run_linear(run, _plan(run, "dpmpp-2m", _dpmpp_2m_plan), "dpmpp-2m")
 
 
 # ----- samplers on x_hat and sigma alone -----------------------------------------------------
 
 
-def _ddim_plan(run: _Run, eta: float) -> list[tuple[float, float, float, float]]:
-    """Per step ``(c_u, c_G, std, to_x)``: ``u' = c_u u + c_G G(u) + std z`` on the state
-    ``u = c_in x_hat``, and ``to_x = s' / c_in'``."""
+def _ddim_plan(run: _Run, eta: float) -> LinearPlan:
+    """Rows ``(u, F)``, and ``z`` (fresh standard-normal noise) when ``eta > 0``: per step
+    ``u' = c_u u + c_G G(u) + std z`` on the state ``u = c_in x_hat``; ``x' = (s' / c_in') u'``
+    is recorded."""
     g = run.grid
-    plan = []
+    evaluations, draws = [], []
     for i, (level, scale) in enumerate(zip(run.levels, _next_scales(run), strict=True)):
         sig, sig_next = g.sigma[i], g.sigma[i + 1]
         if sig_next == 0:
@@ -475,8 +481,12 @@ def _ddim_plan(run: _Run, eta: float) -> list[tuple[float, float, float, float]]
             # a single combination of x_t and eps.
             ratio = sigma_down / sig
             c_u, c_G = level.scaled_coefficients(ratio, 1.0 - ratio, scale)
-        plan.append((c_u, c_G, sigma_up * scale, g.s[i + 1] / scale))
-    return plan
+        row = [c_u, c_G, sigma_up * scale] if eta > 0 else [c_u, c_G]
+        M = [row] + [[0.0] * len(row)] * (len(row) - 1)
+        evaluations.append((i, 0, 1, M, (0, g.s[i + 1] / scale)))
+        draws.append(sigma_up > 0)
+    start = [run.start_factor(run.levels[0].c_in / g.s[0]), 0.0] + [0.0] * (eta > 0)
+    return linear_plan(run, start, evaluations, draws, noise_row=2)
 
 
 def _ddim(run: _Run, eta: float = 0.0) -> torch.Tensor:
@@ -486,19 +496,11 @@ def _ddim(run: _Run, eta: float = 0.0) -> torch.Tensor:
     ``x_hat' = D + sigma_down eps_hat + sigma_up z`` with
     ``sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)`` and
     ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``; ``eta = 1`` is DDPM's ancestral sampler.
-    As in :func:`_euler`, the state is the network's input ``u = c_in x_hat``.
+    As in :func:`_euler`, the state is the network's input ``u = c_in x_hat``, and a step is
+    one product on the stacked rows (:func:`_ddim_plan`).
     """
-    g = run.grid
-    recording = run.trajectory is not None
     plan = _plan(run, ("ddim", eta), functools.partial(_ddim_plan, eta=eta))
-    u = run.start(run.levels[0].c_in / g.s[0])
-    for level, (c_u, c_G, std, to_x) in zip(run.levels, plan, strict=True):
-        u = u.mul(c_u).add_(level.G(u), alpha=c_G)  # as in _euler
-        if std > 0:
-            u.add_(run.randn_like(u), alpha=std)
-        if recording:
-            run.record(u, to_x)
-    return u if g.s[-1] == 1.0 else u * g.s[-1]
+    return run_linear(run, plan, ("ddim", eta))
 
 
 def _ddpm(run: _Run) -> torch.Tensor:
@@ -739,6 +741,7 @@ def sample(
             generator,
             bool(options.get("return_trajectory", False)),
             dict(options.get("cond") or {}),
+            noise.dtype,
         )
         if run.trajectory is not None:
             run.record(run.start())
