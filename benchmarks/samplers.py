@@ -302,8 +302,9 @@ def markdown(records: list[dict]) -> str:
         "time, and the median of the processes' ratios; 1.00 is the limit. 3-layer MLP "
         "(2 -> 256 -> 256 -> 2) as a DDPM epsilon model, the same object for both libraries; "
         'driftlab wraps it in `Denoiser(net, "vp")`; its time grid (per formulation object) '
-        "and each step's coefficients (per denoiser and grid) are computed on the first call "
-        "and reused, diffusers' `set_timesteps` runs in every call. glibc keeps freed "
+        "and each step's coefficients and the memory of its stacked state (per denoiser and "
+        "grid) are made on the first call and reused, diffusers' `set_timesteps` runs in "
+        "every call. glibc keeps freed "
         "memory (`mallopt`) so that batch 10,000 does not page-fault on every network call; "
         "denormals are flushed (the untrained network drives samples "
         "into SiLU's underflowing tails). Bare call: "
