@@ -194,11 +194,10 @@ class _Run:
         sig = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
         return self._bind(Level(sigma, functools.partial(self._call, sig)), check=True)
 
-    def start(self, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    def start(self, scale: float = 1.0) -> torch.Tensor:
         """``scale x_0``, the start ``x_0 = s(t_0) sigma(t_0) noise`` in any units (``1 / s``
-        for ``x_hat``, ``c_in / s`` for the network's input) as one new tensor, or in
-        ``out``."""
-        return torch.mul(self.noise, self.start_factor(scale), out=out)
+        for ``x_hat``, ``c_in / s`` for the network's input) as one new tensor."""
+        return torch.mul(self.noise, self.start_factor(scale))
 
     def start_factor(self, scale: float = 1.0) -> float:
         """The number that times the noise gives :meth:`start`."""
