@@ -331,7 +331,7 @@ def _heun_linear_plan(run: _Run) -> LinearPlan:
     ``u' = c_u u + c_G F``; the corrector's forms ``c_prev u + c_u2 u' + c_G2 F'``, the next
     state (:func:`_heun_step`). The last step, which ends at sigma = 0, has no corrector."""
     evaluations = []
-    for i, (c_u, c_G, corrector, to_x) in enumerate(_plan(run, "heun", _heun_plan)):
+    for i, (c_u, c_G, corrector, to_x) in enumerate(_heun_plan(run)):
         if corrector is None:
             evaluations.append((i, 0, 1, [[c_u, c_G, 0.0, 0.0], *_ZERO_ROWS[:3]], (0, to_x)))
             continue
@@ -484,7 +484,9 @@ def _ddim_plan(run: _Run, eta: float) -> LinearPlan:
         M = [row] + [[0.0] * len(row)] * (len(row) - 1)
         evaluations.append((i, 0, 1, M, (0, g.s[i + 1] / scale)))
         draws.append(sigma_up > 0)
-    start = [run.start_factor(run.levels[0].c_in / g.s[0]), 0.0] + [0.0] * (eta > 0)
+    start = [run.start_factor(run.levels[0].c_in / g.s[0]), 0.0]
+    if eta > 0:
+        start.append(0.0)  # the noise row, drawn before each product that uses it
     return linear_plan(run, start, evaluations, draws, noise_row=2)
 
 

@@ -49,7 +49,6 @@ class LinearPlan:
     ``records[j]`` (if any) go into the trajectory. Row 0 of the last state is ``x_hat``.
     """
 
-    rows: int
     start: torch.Tensor
     levels: list[int]
     inputs: list[int]
@@ -58,6 +57,10 @@ class LinearPlan:
     records: list[tuple[int, float] | None]
     draws: list[bool] | None = None
     noise_row: int = -1
+
+    @property
+    def rows(self) -> int:
+        return self.start.shape[0]
 
 
 def linear_plan(
@@ -72,7 +75,6 @@ def linear_plan(
     go to the state's dtype and device in one tensor."""
     matrices = torch.tensor([e[3] for e in evaluations], dtype=run.dtype, device=run.device)
     return LinearPlan(
-        rows=len(start),
         start=torch.tensor(start, dtype=run.dtype, device=run.device)[:, None],
         levels=[e[0] for e in evaluations],
         inputs=[e[1] for e in evaluations],
