@@ -449,3 +449,21 @@ def test_large_states_are_not_kept():
         levels = denoiser.at_levels(make_grid(vp, 3).sigma[:-1], noise.double())
         assert len(levels.plans.get("programs", {})) == kept, batch
         assert torch.isfinite(x).all()
+
+
+def test_a_formulation_named_keeps_its_grid_between_calls():
+    """sample() makes one formulation per name and keeps it, so a name, like a formulation
+    object, has its grid built once; the samples are those of a fresh object."""
+    from diffusion_helpers import perturbed_mlp_denoiser
+
+    from driftlab.diffusion import samplers
+
+    denoiser = perturbed_mlp_denoiser("vp")
+    noise = _noise(19, 16)
+    first = sample(denoiser, noise, "vp", "euler", 6)
+    named = samplers._NAMED_FORMULATIONS["vp"]
+    grid = samplers._grid(named, 6, None)
+    second = sample(denoiser, noise, "vp", "euler", 6)
+    assert samplers._NAMED_FORMULATIONS["vp"] is named and samplers._grid(named, 6, None) is grid
+    assert torch.equal(first, second)
+    assert torch.equal(first, sample(denoiser, noise, get_formulation("vp"), "euler", 6))

@@ -672,6 +672,21 @@ ODE_SAMPLERS = ("euler", "heun", "dpmpp-2m", "ddim")
 _COMMON_OPTIONS = ("sigmas", "return_trajectory", "dtype", "cond")
 
 
+# The formulations sample() makes from a name, one per name. They are private to sample(), so
+# never changed in place, and they keep their time grids (and the plans and states kept with
+# a denoiser's levels per grid) from one call to the next, as a formulation object does.
+_NAMED_FORMULATIONS: dict[str, Formulation] = {}
+
+
+def _formulation(formulation: Formulation | str) -> Formulation:
+    if not isinstance(formulation, str):
+        return get_formulation(formulation)
+    named = _NAMED_FORMULATIONS.get(formulation)
+    if named is None:  # get_formulation() refuses an unknown name
+        named = _NAMED_FORMULATIONS[formulation] = get_formulation(formulation)
+    return named
+
+
 def evaluations_per_sample(sampler: str, steps: int, **options: Any) -> int:
     """Number of denoiser evaluations a sampler makes for ``steps`` steps."""
     check_choice("sampler", sampler, SAMPLERS)
@@ -715,7 +730,7 @@ def sample(
     """
     check_choice("sampler", sampler, SAMPLERS)
     check_int("steps", steps, minimum=1)
-    formulation = get_formulation(formulation)
+    formulation = _formulation(formulation)
     if not isinstance(noise, torch.Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
         raise ConfigError("noise must be a tensor of shape [batch, ...] with batch >= 1")
     allowed = SAMPLER_OPTIONS[sampler]
