@@ -359,8 +359,6 @@ def test_samples_are_new_tensors_and_the_noise_is_left_alone(sampler):
     """With float64 noise (the state's own dtype, so no cast copies it) and non-contiguous
     noise: the noise is not written, the samples equal those of contiguous noise, and each
     call's samples are a tensor of their own (the next call does not change them)."""
-    from diffusion_helpers import perturbed_mlp_denoiser
-
     denoiser = perturbed_mlp_denoiser("vp")
     vp = get_formulation("vp")  # one object, so that the second call reuses the kept state
     noise = _noise(17, 12).T.contiguous().T  # [12, 2], column-major
@@ -379,8 +377,6 @@ def test_samples_are_new_tensors_and_the_noise_is_left_alone(sampler):
 def test_samples_carry_no_graph_with_gradients_on_or_off():
     """sample() turns gradients off itself when they are on, and skips that when they are
     off already (under inference_mode): the same samples, with no autograd history."""
-    from diffusion_helpers import perturbed_mlp_denoiser
-
     denoiser = perturbed_mlp_denoiser("edm")
     noise = _noise(18, 8).float()
     assert torch.is_grad_enabled()
@@ -396,8 +392,6 @@ def test_concurrent_calls_do_not_share_the_kept_state():
     with one denoiser and grid at once get what they get one after another."""
     import threading
     import time
-
-    from diffusion_helpers import perturbed_mlp_denoiser
 
     from driftlab.diffusion import Denoiser
 
@@ -435,8 +429,6 @@ def test_concurrent_calls_do_not_share_the_kept_state():
 def test_large_states_are_not_kept():
     """A state above stacked.POOL_ELEMENTS is allocated per call and not kept with the
     levels; a small one is kept, once per noise shape."""
-    from diffusion_helpers import perturbed_mlp_denoiser
-
     from driftlab.diffusion.samplers import make_grid
     from driftlab.diffusion.stacked import POOL_ELEMENTS
 
@@ -454,8 +446,6 @@ def test_large_states_are_not_kept():
 def test_a_formulation_named_keeps_its_grid_between_calls():
     """sample() makes one formulation per name and keeps it, so a name, like a formulation
     object, has its grid built once; the samples are those of a fresh object."""
-    from diffusion_helpers import perturbed_mlp_denoiser
-
     from driftlab.diffusion import samplers
 
     denoiser = perturbed_mlp_denoiser("vp")

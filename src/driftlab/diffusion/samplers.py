@@ -45,7 +45,7 @@ from driftlab.core.config import (
     check_nonnegative,
     check_positive,
 )
-from driftlab.diffusion.denoisers import Level, caster
+from driftlab.diffusion.denoisers import Level, caster, combine
 from driftlab.diffusion.formulations import Formulation, get_formulation
 from driftlab.diffusion.stacked import LinearPlan, linear_plan, run_linear
 
@@ -136,14 +136,14 @@ class _Run:
         generator: torch.Generator | None,
         record: bool,
         cond: dict[str, Any],
-        out_dtype: torch.dtype | None = None,
+        out_dtype: torch.dtype,
     ) -> None:
         self.denoiser = denoiser
         self.grid = grid
         self.noise = noise
         self.batch = noise.shape[0]
         self.dtype = noise.dtype
-        self.out_dtype = noise.dtype if out_dtype is None else out_dtype  # the samples'
+        self.out_dtype = out_dtype  # the samples' (the caller's noise's) dtype
         self.device = noise.device
         self.generator = generator
         self.cond = cond
@@ -325,6 +325,9 @@ def _heun_plan(run: _Run) -> list[_HeunStep]:
     ]
 
 
+_ZERO_ROWS = [[0.0] * 4] * 3
+
+
 def _heun_linear_plan(run: _Run) -> LinearPlan:
     """Rows ``(u, F, u', F')``: the state, the network's output on it, the predictor and
     the network's output on that. The predictor's evaluation keeps ``u`` and forms
@@ -333,17 +336,14 @@ def _heun_linear_plan(run: _Run) -> LinearPlan:
     evaluations = []
     for i, (c_u, c_G, corrector, to_x) in enumerate(_heun_plan(run)):
         if corrector is None:
-            evaluations.append((i, 0, 1, [[c_u, c_G, 0.0, 0.0], *_ZERO_ROWS[:3]], (0, to_x)))
+            evaluations.append((i, 0, 1, [[c_u, c_G, 0.0, 0.0], *_ZERO_ROWS], (0, to_x)))
             continue
         c_u2, c_G2, c_prev = corrector
         predictor = [[1.0, 0.0, 0.0, 0.0], _ZERO_ROWS[0], [c_u, c_G, 0.0, 0.0], _ZERO_ROWS[0]]
         evaluations.append((i, 0, 1, predictor, None))
-        evaluations.append((i + 1, 2, 3, [[c_prev, 0.0, c_u2, c_G2], *_ZERO_ROWS[:3]], (0, to_x)))
+        evaluations.append((i + 1, 2, 3, [[c_prev, 0.0, c_u2, c_G2], *_ZERO_ROWS], (0, to_x)))
     start = [run.start_factor(run.levels[0].c_in / run.grid.s[0]), 0.0, 0.0, 0.0]
     return linear_plan(run, start, evaluations)
-
-
-_ZERO_ROWS = [[0.0] * 4] * 3
 
 
 def _churn_gamma(churn: dict[str, float], sigma: float, n: int) -> float:
@@ -387,13 +387,13 @@ def _heun(run: _Run, churn: dict[str, float] | None = None) -> torch.Tensor:
             level = run.at(sig_hat)  # c_in = 1: u is x_hat
             step = _heun_step(run, i, level, t_hat, s_hat, alpha, beta)
         c_u, c_G, corrector, to_x = step
-        # The predictor, then the corrector (lines 7-11); add_ works on new products, never
-        # on u, which the network may keep.
-        u_next = u.mul(c_u).add_(level.G(u), alpha=c_G)
+        # The predictor, then the corrector (lines 7-11); combine() makes a new tensor, so
+        # u, which the network may keep, is never written.
+        u_next = combine(u, c_u, level.G(u), c_G)
         if corrector is not None:
             c_u2, c_G2, c_prev = corrector
-            G2 = run.levels[i + 1].G(u_next)
-            u_next = u_next.mul(c_u2).add_(G2, alpha=c_G2).add_(u, alpha=c_prev)
+            u_next = combine(u_next, c_u2, run.levels[i + 1].G(u_next), c_G2)
+            u_next.add_(u, alpha=c_prev)
         u = u_next
         if recording:
             run.record(u, to_x)
